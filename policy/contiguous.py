@@ -1,0 +1,101 @@
+"""Baseline: a contiguous KV allocator that reserves `max_model_len` slots per request.
+
+This is how serving worked before paging (and what "paged vs contiguous" measures): the pool
+is cut into fixed regions of `ceil(max_model_len / block_size)` consecutive blocks, and a
+request holds a whole region from admission to finish whether it uses it or not. It speaks
+the KVCacheManager interface so the same scheduler can drive it; it has no prefix cache.
+"""
+
+from __future__ import annotations
+
+from policy.kv_cache_manager import PrefixCacheStats
+from policy.request import Request
+
+
+class ContiguousKVCacheManager:
+    enable_caching = False
+
+    def __init__(self, num_blocks: int, block_size: int, max_model_len: int) -> None:
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        self.region_blocks = -(-max_model_len // block_size)
+        self.num_regions = num_blocks // self.region_blocks
+        if self.num_regions < 1:
+            raise ValueError(
+                f"contiguous KV: {num_blocks} blocks of {block_size} tokens cannot hold even one "
+                f"max_model_len region ({self.region_blocks} blocks)"
+            )
+        self.free_regions = list(range(self.num_regions - 1, -1, -1))  # pop() gives region 0 first
+        self.region_of: dict[str, int] = {}
+        self.used_tokens: dict[str, int] = {}
+        self.stats = PrefixCacheStats()
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self.free_regions) * self.region_blocks
+
+    @property
+    def num_used_blocks(self) -> int:
+        """Blocks reserved by requests (used or not): what the pool can no longer give out."""
+        return len(self.region_of) * self.region_blocks
+
+    @property
+    def num_reserved_unused_blocks(self) -> int:
+        return self.num_used_blocks - sum(self.blocks_for_tokens(n) for n in self.used_tokens.values())
+
+    @property
+    def usage(self) -> float:
+        return self.num_used_blocks / self.num_blocks
+
+    def blocks_for_tokens(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def _region_ids(self, region: int) -> list[int]:
+        start = region * self.region_blocks
+        return list(range(start, start + self.region_blocks))
+
+    def get_block_ids(self, request_id: str) -> list[int]:
+        region = self.region_of.get(request_id)
+        return [] if region is None else self._region_ids(region)
+
+    def get_computed_blocks(self, request: Request) -> tuple[list, int]:
+        return [], 0
+
+    def record_admission(self, request: Request, num_hit_tokens: int) -> None:
+        pass
+
+    def peek_prefix_hit_tokens(self, request: Request) -> int:
+        return 0
+
+    def allocate_slots(
+        self,
+        request: Request,
+        num_new_tokens: int,
+        new_computed_blocks=(),
+        num_new_computed_tokens: int = 0,
+        reserve_tokens: int = 0,
+        keep_free_blocks: int = 0,
+    ) -> list[int] | None:
+        rid = request.request_id
+        total = request.num_computed_tokens + num_new_computed_tokens + num_new_tokens
+        if rid in self.region_of:
+            self.used_tokens[rid] = total
+            return []
+        if not self.free_regions or self.region_blocks + keep_free_blocks > self.num_free_blocks:
+            return None
+        region = self.free_regions.pop()
+        self.region_of[rid] = region
+        self.used_tokens[rid] = total
+        return self._region_ids(region)
+
+    def free(self, request: Request) -> None:
+        region = self.region_of.pop(request.request_id, None)
+        if region is not None:
+            del self.used_tokens[request.request_id]
+            self.free_regions.append(region)
+
+    def fork(self, parent: Request, child: Request) -> int:
+        raise ValueError("fork needs shared blocks, which the contiguous KV baseline does not have")
+
+    def reset_prefix_cache(self) -> bool:
+        return True
