@@ -27,6 +27,7 @@ class RequestTimeline:
     reject_reason: str | None = None
     num_preemptions: int = 0
     num_cached_tokens: int = 0
+    preemption_times: list[float] = field(default_factory=list)  # start of each step that preempted it
 
     @property
     def output_len(self) -> int:
@@ -56,6 +57,36 @@ class StepRecord:
     num_waiting: int
     kv_used_blocks: int
     kv_total_blocks: int
+    # Query-key pairs the prefill rows' causal attention computes: sum of q*c + q*(q+1)/2 over
+    # chunks of q new tokens after c cached ones (decode rows' pairs are their context).
+    prefill_attn_pairs: int = 0
+    num_sampled: int = 0  # rows that yield a token (LM-head rows)
+
+
+def plan_shape(plan: SchedulerOutput) -> tuple[int, int, int, int, int, int, int]:
+    """The features of a plan that step time depends on, computed once per step and shared
+    by the cost models (sim), the step records (both engines) and the profile fit:
+
+    `(num_prefill_requests, num_prefill_tokens, num_decode_requests, sum_prefill_context_len,
+    sum_decode_context_len, prefill_attn_pairs, num_sampled)`.
+
+    A row is a decode iff it feeds one token to a request whose prompt is fully computed;
+    everything else is prefill work. Context = tokens in KV after the step."""
+    n_pre = pre_tok = n_dec = pre_ctx = dec_ctx = pairs = n_sampled = 0
+    for row in plan.scheduled:
+        q = row.num_new_tokens
+        c = row.num_computed_tokens
+        if q == 1 and c >= row.num_prompt_tokens:
+            n_dec += 1  # a decode always samples: it computes the request's last token
+            dec_ctx += c + 1
+        else:
+            n_pre += 1
+            pre_tok += q
+            pre_ctx += c + q
+            pairs += q * c + (q * (q + 1) >> 1)
+            if row.samples:
+                n_sampled += 1
+    return n_pre, pre_tok, n_dec, pre_ctx, dec_ctx, pairs, n_sampled + n_dec
 
 
 class TimelineRecorder:
@@ -95,20 +126,28 @@ class TimelineRecorder:
         result: StepResult,
         start_s: float,
         end_s: float,
+        shape: tuple | None = None,
     ) -> None:
         """Record one executed step: a request is first scheduled at `start_s`, and the
-        tokens the step sampled appear at `end_s`."""
+        tokens the step sampled appear at `end_s`. `shape` is `plan_shape(plan)` when the
+        caller already computed it (the simulator does, for its cost model)."""
         timelines = self.timelines
-        n_prefill_req = sum_ctx = sum_prefill_ctx = 0
-        for row in plan.scheduled:
-            timeline = timelines[row.request_id]
-            if timeline.first_scheduled_s is None:
-                timeline.first_scheduled_s = start_s
-            ctx = row.num_computed_tokens + row.num_new_tokens
-            sum_ctx += ctx
-            if row.num_new_tokens > 1 or row.num_computed_tokens < row.num_prompt_tokens:
-                n_prefill_req += 1
-                sum_prefill_ctx += ctx
+        if shape is None:
+            shape = plan_shape(plan)
+        n_pre, pre_tok, n_dec, pre_ctx, dec_ctx, pairs, n_sampled = shape
+        if n_pre:
+            # A request's first row is always a prefill row (a fresh request computes at least
+            # its last prompt token) carrying its whole block table, so decode-only steps,
+            # most of them, skip this loop.
+            for row in plan.scheduled:
+                if row.new_table:
+                    timeline = timelines[row.request_id]
+                    if timeline.first_scheduled_s is None:
+                        timeline.first_scheduled_s = start_s
+        for request_id in plan.preempted_ids:
+            timeline = timelines.get(request_id)
+            if timeline is not None:
+                timeline.preemption_times.append(start_s)
         for request_id, _token in result.new_tokens:
             timelines[request_id].token_times.append(end_s)
         for request in result.finished:
@@ -118,22 +157,23 @@ class TimelineRecorder:
             timeline.finish_reason = request.finish_reason
             timeline.num_preemptions = request.num_preemptions
             timeline.num_cached_tokens = max(request.num_cached_tokens, 0)
-        n_req = len(plan.scheduled)
         self.steps.append(
             StepRecord(
-                step_id=plan.step_id,
-                start_s=start_s,
-                duration_s=end_s - start_s,
-                num_requests=n_req,
-                num_prefill_requests=n_prefill_req,
-                num_decode_requests=n_req - n_prefill_req,
-                num_prefill_tokens=plan.num_prefill_tokens,
-                num_decode_tokens=plan.num_decode_tokens,
-                sum_context_len=sum_ctx,
-                sum_prefill_context_len=sum_prefill_ctx,
-                num_preempted=len(plan.preempted_ids),
-                num_waiting=plan.num_waiting,
-                kv_used_blocks=plan.num_used_blocks,
-                kv_total_blocks=plan.num_total_blocks,
+                plan.step_id,
+                start_s,
+                end_s - start_s,
+                n_pre + n_dec,
+                n_pre,
+                n_dec,
+                plan.num_prefill_tokens,
+                plan.num_decode_tokens,
+                pre_ctx + dec_ctx,
+                pre_ctx,
+                len(plan.preempted_ids),
+                plan.num_waiting,
+                plan.num_used_blocks,
+                plan.num_total_blocks,
+                pairs,
+                n_sampled,
             )
         )

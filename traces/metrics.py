@@ -1,0 +1,231 @@
+"""Metrics from request timelines, identical for the simulator and the executor.
+
+Definitions (DESIGN.md "Metrics", names as in vLLM's serving benchmarks), over *finished*
+requests:
+
+- TTFT = first output token time - arrival time
+- TPOT = (finish - first token) / (output tokens - 1), per request; none for one-token outputs
+- ITL  = every gap between consecutive output tokens of a request, pooled over requests
+- E2EL = finish - arrival
+- queueing delay = first scheduled - arrival
+- makespan = last finish - first arrival (all requests of the trace)
+- throughput = output tokens / makespan; total = (prompt + output tokens) / makespan;
+  request throughput = finished requests / makespan
+- goodput = finished requests meeting every given SLO (TTFT, TPOT, E2EL) / makespan; a
+  one-token request meets any TPOT SLO
+- prefix hit rate = prefix-cache hit tokens at first admission / prompt tokens, over requests
+  that were admitted
+
+Each latency is reported as mean, p50, p90, p99 (numpy's linear percentiles, as vLLM).
+Every request of the trace is one row of the request table, whatever became of it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from itertools import chain
+from operator import attrgetter
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from traces.timeline import RequestTimeline, StepRecord
+
+PERCENTILES = (50, 90, 99)
+LATENCIES = ("ttft", "tpot", "itl", "e2el", "queue")
+
+REQUEST_COLUMNS = (
+    "request_id", "status", "finish_reason", "arrival_s", "first_scheduled_s", "first_token_s", "finish_s",
+    "prompt_len", "max_tokens", "output_len", "ttft_s", "tpot_s", "e2el_s", "queue_s",
+    "num_preemptions", "num_cached_tokens", "reject_reason",
+)
+STEP_COLUMNS = tuple(StepRecord.__dataclass_fields__)
+
+
+def _as_list(timelines) -> list[RequestTimeline]:
+    return list(timelines.values()) if isinstance(timelines, dict) else list(timelines)
+
+
+def requests_table(timelines: dict[str, RequestTimeline] | Iterable[RequestTimeline]) -> pd.DataFrame:
+    """One row per request, in the order the engine first saw them (arrival order)."""
+    rows = []
+    nan = math.nan
+    for t in _as_list(timelines):
+        times = t.token_times
+        n_out = len(times)
+        first = times[0] if n_out else nan
+        finish = t.finish_s if t.finish_s is not None else nan
+        done = t.status == "finished"
+        ttft = first - t.arrival_s if done and n_out else nan
+        tpot = (finish - first) / (n_out - 1) if done and n_out > 1 else nan
+        first_sched = t.first_scheduled_s if t.first_scheduled_s is not None else nan
+        rows.append((
+            t.request_id, t.status, t.finish_reason, t.arrival_s, first_sched, first, finish,
+            t.prompt_len, t.max_tokens, n_out, ttft, tpot, finish - t.arrival_s if done else nan,
+            first_sched - t.arrival_s, t.num_preemptions, t.num_cached_tokens, t.reject_reason,
+        ))
+    df = pd.DataFrame.from_records(rows, columns=list(REQUEST_COLUMNS))
+    for col in ("prompt_len", "max_tokens", "output_len", "num_preemptions", "num_cached_tokens"):
+        df[col] = df[col].astype("int64")
+    for col in ("request_id", "status", "finish_reason", "reject_reason"):
+        df[col] = df[col].astype("object")
+    return df
+
+
+def steps_table(steps: list[StepRecord]) -> pd.DataFrame:
+    """One row per engine step, with KV usage (used / total blocks) after the step's plan."""
+    n = len(steps)
+    # One typed pass per column: several times faster than records for ~1e6 steps.
+    df = pd.DataFrame({
+        c: np.fromiter(map(attrgetter(c), steps), dtype=np.float64 if c.endswith("_s") else np.int64, count=n)
+        for c in STEP_COLUMNS
+    })
+    total = df["kv_total_blocks"].to_numpy()
+    df["kv_usage"] = np.divide(df["kv_used_blocks"].to_numpy(), total, out=np.zeros(len(df)), where=total > 0)
+    return df
+
+
+def itl_gaps(timelines, *, finished_only: bool = True) -> np.ndarray:
+    """Every gap between consecutive output tokens, pooled over requests."""
+    chunks = [t.token_times for t in _as_list(timelines)
+              if len(t.token_times) > 1 and (t.status == "finished" or not finished_only)]
+    if not chunks:
+        return np.zeros(0)
+    lengths = np.fromiter((len(c) for c in chunks), dtype=np.int64, count=len(chunks))
+    flat = np.fromiter(chain.from_iterable(chunks), dtype=float, count=int(lengths.sum()))
+    gaps = np.diff(flat)
+    starts = np.cumsum(lengths)[:-1] - 1  # the gap from one request's last token to the next's first
+    keep = np.ones(len(gaps), dtype=bool)
+    keep[starts] = False
+    return gaps[keep]
+
+
+def token_times_table(timelines) -> pd.DataFrame:
+    """Long format (request_id, token_index, time_s): every output token's time."""
+    ids, idx, times = [], [], []
+    for t in _as_list(timelines):
+        n = len(t.token_times)
+        ids.extend([t.request_id] * n)
+        idx.extend(range(n))
+        times.extend(t.token_times)
+    return pd.DataFrame({"request_id": ids, "token_index": np.asarray(idx, dtype=np.int64),
+                         "time_s": np.asarray(times, dtype=float)})
+
+
+def _stats(prefix: str, values: np.ndarray) -> dict[str, float | None]:
+    values = values[~np.isnan(values)] if len(values) else values
+    out: dict[str, float | None] = {f"{prefix}_count": int(len(values))}
+    if len(values) == 0:
+        out[f"{prefix}_mean_s"] = None
+        out.update({f"{prefix}_p{p}_s": None for p in PERCENTILES})
+        return out
+    out[f"{prefix}_mean_s"] = float(values.mean())
+    for p, v in zip(PERCENTILES, np.percentile(values, PERCENTILES)):
+        out[f"{prefix}_p{p}_s"] = float(v)
+    return out
+
+
+def summarize(
+    requests: pd.DataFrame,
+    steps: pd.DataFrame,
+    itl: np.ndarray | None = None,
+    *,
+    slo_ttft_s: float | None = None,
+    slo_tpot_s: float | None = None,
+    slo_e2el_s: float | None = None,
+) -> dict:
+    """The run's headline numbers (JSON-ready: no NaN, None where a metric is undefined)."""
+    status = requests["status"]
+    done = requests[status == "finished"]
+    n_finished = len(done)
+    out: dict = {
+        "num_requests": int(len(requests)),
+        "num_finished": n_finished,
+        "num_aborted": int((status == "aborted").sum()),
+        "num_rejected": int((status == "rejected").sum()),
+        "num_unfinished": int((~status.isin(["finished", "aborted", "rejected"])).sum()),
+    }
+    first_arrival = float(requests["arrival_s"].min()) if len(requests) else 0.0
+    ended = requests[status.isin(["finished", "aborted"])]
+    last_finish = float(ended["finish_s"].max()) if len(ended) else first_arrival
+    makespan = last_finish - first_arrival
+    out["first_arrival_s"] = first_arrival
+    out["last_finish_s"] = last_finish
+    out["makespan_s"] = makespan
+    in_tokens = int(done["prompt_len"].sum())
+    out_tokens = int(done["output_len"].sum())
+    out["total_input_tokens"] = in_tokens
+    out["total_output_tokens"] = out_tokens
+    per_s = (lambda x: x / makespan) if makespan > 0 else (lambda x: None)
+    out["request_throughput"] = per_s(n_finished)
+    out["output_throughput"] = per_s(out_tokens)
+    out["total_token_throughput"] = per_s(in_tokens + out_tokens)
+
+    slos = {"ttft_s": slo_ttft_s, "tpot_s": slo_tpot_s, "e2el_s": slo_e2el_s}
+    if any(v is not None for v in slos.values()):
+        good = np.ones(n_finished, dtype=bool)
+        for col, limit in slos.items():
+            if limit is not None:
+                values = done[col].to_numpy()
+                good &= np.isnan(values) | (values <= limit) if col == "tpot_s" else values <= limit
+        out["slo"] = {k: v for k, v in slos.items() if v is not None}
+        out["num_good"] = int(good.sum())
+        out["goodput"] = per_s(int(good.sum()))
+    for name in ("ttft", "tpot", "e2el", "queue"):
+        out.update(_stats(name, done[f"{name}_s"].to_numpy(dtype=float)))
+    if itl is not None:
+        out.update(_stats("itl", np.asarray(itl, dtype=float)))
+
+    admitted = requests[requests["first_scheduled_s"].notna()]
+    hit = int(admitted["num_cached_tokens"].sum())
+    queried = int(admitted["prompt_len"].sum())
+    out["prefix_hit_tokens"] = hit
+    out["prefix_query_tokens"] = queried
+    out["prefix_hit_rate"] = hit / queried if queried else None
+    out["num_preemptions"] = int(requests["num_preemptions"].sum())
+    out["num_preempted_requests"] = int((requests["num_preemptions"] > 0).sum())
+
+    out["num_steps"] = int(len(steps))
+    if len(steps):
+        dur = steps["duration_s"].to_numpy()
+        usage = steps["kv_usage"].to_numpy()
+        busy = float(dur.sum())
+        out["busy_s"] = busy
+        out["kv_usage_mean"] = float((usage * dur).sum() / busy) if busy > 0 else float(usage.mean())
+        out["kv_usage_max"] = float(usage.max())
+        out["mean_batch_requests"] = float(steps["num_requests"].mean())
+        out["mean_batch_tokens"] = float((steps["num_prefill_tokens"] + steps["num_decode_tokens"]).mean())
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+
+
+# -- writing, atomically ------------------------------------------------------------------
+def _tmp_for(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write a DataFrame as .parquet or .csv via a temporary file and os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_for(path)
+    if path.suffix == ".parquet":
+        df.to_parquet(tmp, index=False)
+    elif path.suffix == ".csv":
+        df.to_csv(tmp, index=False, lineterminator="\n")
+    else:
+        raise ValueError(f"{path}: table format must be .parquet or .csv")
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(data, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_for(path)
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,80 @@
+"""Trace readers, one module per format, and format auto-detection."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from traces.errors import TraceFormatError
+
+FORMATS = ("azure", "mooncake", "bailian", "burstgpt", "sharegpt", "vidur", "canonical-jsonl", "canonical-parquet")
+
+
+def detect_format(path) -> str:
+    """Guess a file's format from its extension and first line (the header or first record)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"trace file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return "canonical-parquet"
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        head = fh.read(4096)
+    first = head.lstrip().split("\n", 1)[0]
+    if suffix == ".csv" or "," in first and not first.startswith("{"):
+        cols = {c.strip() for c in first.split(",")}
+        if {"TIMESTAMP", "ContextTokens", "GeneratedTokens"} <= cols:
+            return "azure"
+        if {"arrived_at", "num_prefill_tokens", "num_decode_tokens"} <= cols:
+            return "vidur"
+        if {"Timestamp", "Request tokens", "Response tokens"} <= cols:
+            return "burstgpt"
+        raise TraceFormatError(path, 1, f"unknown CSV header {first!r}; give --format (one of {', '.join(FORMATS)})")
+    if first.startswith("{"):
+        try:
+            obj = json.loads(first)
+        except json.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict):
+            if "arrival_s" in obj:
+                return "canonical-jsonl"
+            if "chat_id" in obj:
+                return "bailian"
+            if "input_length" in obj and "timestamp" in obj:
+                return "mooncake"
+        raise TraceFormatError(path, 1, f"unknown JSON Lines record {first[:120]!r}; give --format (one of {', '.join(FORMATS)})")
+    if head.lstrip().startswith("[") and "conversations" in head:
+        return "sharegpt"
+    raise TraceFormatError(path, 1, f"cannot tell the trace format; give --format (one of {', '.join(FORMATS)})")
+
+
+def read(path, format: str | None = None, **options):
+    fmt = format or detect_format(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"trace file not found: {path}")
+    if fmt == "azure":
+        from traces.readers import azure as mod
+    elif fmt == "vidur":
+        from traces.readers import vidur as mod
+    elif fmt == "mooncake":
+        from traces.readers import mooncake as mod
+    elif fmt == "bailian":
+        from traces.readers import bailian as mod
+    elif fmt == "burstgpt":
+        from traces.readers import burstgpt as mod
+    elif fmt == "sharegpt":
+        from traces.readers import sharegpt as mod
+    elif fmt == "canonical-jsonl":
+        from traces.readers.canonical import read_jsonl
+
+        return read_jsonl(path, **options)
+    elif fmt == "canonical-parquet":
+        from traces.readers.canonical import read_parquet
+
+        return read_parquet(path, **options)
+    else:
+        raise ValueError(f"unknown trace format {fmt!r}; known formats: {', '.join(FORMATS)}")
+    try:
+        return mod.read(path, **options)
+    except TypeError as exc:
+        raise ValueError(f"{fmt} reader: {exc}") from None

@@ -1,0 +1,69 @@
+"""Shared row checks: every failure names the file, the 1-based line and the reason."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from traces.errors import TraceFormatError
+
+
+def require_columns(df: pd.DataFrame, columns, path, header_line: int = 1) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise TraceFormatError(path, header_line, f"missing column(s) {missing}; found {list(df.columns)}")
+
+
+def int_lengths(values, name: str, path, first_line: int, minimum: int = 0) -> np.ndarray:
+    """Integer token counts: NaN, non-integers and values below `minimum` are errors."""
+    numeric = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(numeric) | (numeric != np.floor(numeric)) | (numeric < minimum)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise TraceFormatError(path, first_line + row, f"{name}={pd.Series(values).iloc[row]!r} is not an integer >= {minimum}")
+    return numeric.astype(np.int64)
+
+
+def times_non_decreasing(times: np.ndarray, name: str, path, first_line: int) -> None:
+    if not np.isfinite(times).all():
+        row = int(np.flatnonzero(~np.isfinite(times))[0])
+        raise TraceFormatError(path, first_line + row, f"{name} is missing or not a number")
+    back = np.flatnonzero(np.diff(times) < 0)
+    if back.size:
+        row = int(back[0]) + 1
+        raise TraceFormatError(
+            path, first_line + row, f"{name} goes backwards ({times[row]} after {times[row - 1]}); traces must be in arrival order"
+        )
+
+
+def read_csv(path, **kwargs) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, **kwargs)
+    except pd.errors.ParserError as exc:
+        raise TraceFormatError(path, None, f"malformed CSV: {exc}") from None
+    except pd.errors.EmptyDataError:
+        raise TraceFormatError(path, 1, "file is empty") from None
+
+
+def iter_json_lines(path):
+    """(line number, parsed object) for each non-blank line; malformed JSON is an error."""
+    import json
+
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TraceFormatError(path, lineno, f"malformed JSON: {exc.msg}") from None
+            if not isinstance(obj, dict):
+                raise TraceFormatError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def field(obj: dict, key: str, path, lineno: int):
+    try:
+        return obj[key]
+    except KeyError:
+        raise TraceFormatError(path, lineno, f"missing field {key!r}") from None
