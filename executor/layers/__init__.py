@@ -1,0 +1,1 @@
+"""Building blocks of the Llama-family decoder: linear factory, RMSNorm, RoPE, SwiGLU."""

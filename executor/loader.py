@@ -1,0 +1,112 @@
+"""Weights from an HF model directory (config.json + safetensors, sharded or not).
+
+Every tensor the module tree expects (parameters and persistent buffers, e.g. GPTQ's
+qweight/qzeros/scales/g_idx) must be in the checkpoint with the right shape, and every
+checkpoint tensor must land somewhere; otherwise the error names the tensors and the file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from executor.config import ModelConfig
+from executor.models.llama_like import LlamaLikeForCausalLM
+from executor.layers.rotary import RotaryEmbedding
+
+# Checkpoint entries that are derived, not learned: accepted and ignored.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+class CheckpointError(ValueError):
+    """The checkpoint does not match the model its config.json describes."""
+
+
+def checkpoint_files(model_dir: Path) -> dict[str, Path]:
+    """Map tensor name -> safetensors file, from the shard index when there is one."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: no 'weight_map' object")
+        files = {name: model_dir / fname for name, fname in weight_map.items()}
+        for path in set(files.values()):
+            if not path.is_file():
+                raise CheckpointError(f"{index}: shard {path.name} is listed but missing")
+        return files
+    shards = sorted(model_dir.glob("*.safetensors"))
+    if not shards:
+        raise CheckpointError(f"{model_dir}: no *.safetensors files (only safetensors checkpoints are supported)")
+    files: dict[str, Path] = {}
+    for path in shards:
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                if name in files:
+                    raise CheckpointError(f"tensor {name!r} appears in both {files[name].name} and {path.name}")
+                files[name] = path
+    return files
+
+
+def build_model(config: ModelConfig, *, device: str | torch.device, dtype: torch.dtype) -> LlamaLikeForCausalLM:
+    """The module tree with uninitialised storage on `device` (built on the meta device first,
+    so a 7B model never materialises in float32 on the host)."""
+    with torch.device("meta"):
+        model = LlamaLikeForCausalLM(config)
+    for p in model.parameters():
+        p.data = p.data.to(dtype)
+    model = model.to_empty(device=device)
+    model.rotary = RotaryEmbedding(config).to(device)  # derived buffer: recompute, never load
+    return model
+
+
+def load_model(model_dir: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """Build the model for `model_dir/config.json` and fill it from the safetensors there."""
+    model_dir = Path(model_dir)
+    config = ModelConfig.from_dir(model_dir)
+    model = build_model(config, device=device, dtype=dtype)
+    load_weights(model, model_dir)
+    model.eval().requires_grad_(False)
+    return model
+
+
+def load_weights(model: torch.nn.Module, model_dir: Path) -> None:
+    targets = model.state_dict(keep_vars=True)
+    files = checkpoint_files(model_dir)
+    tied = getattr(model, "lm_head", "absent") is None
+
+    unexpected = [n for n in files if n not in targets and not n.endswith(_IGNORED_SUFFIXES)
+                  and not (tied and n == "lm_head.weight")]
+    if unexpected:
+        by_file: dict[str, list[str]] = {}
+        for n in unexpected:
+            by_file.setdefault(files[n].name, []).append(n)
+        detail = "; ".join(f"{f}: {', '.join(sorted(ns)[:8])}{' ...' if len(ns) > 8 else ''}" for f, ns in by_file.items())
+        raise CheckpointError(f"{model_dir}: {len(unexpected)} unexpected tensor(s) the model has no place for: {detail}")
+    missing = sorted(n for n in targets if n not in files)
+    if missing:
+        raise CheckpointError(
+            f"{model_dir}: {len(missing)} tensor(s) missing from the checkpoint: "
+            f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}"
+        )
+
+    by_file: dict[Path, list[str]] = {}
+    for name in targets:
+        by_file.setdefault(files[name], []).append(name)
+    with torch.no_grad():
+        for path, names in by_file.items():
+            with safe_open(str(path), framework="pt") as f:
+                for name in names:
+                    target = targets[name]
+                    shape = tuple(f.get_slice(name).get_shape())
+                    if shape != tuple(target.shape):
+                        raise CheckpointError(
+                            f"{path}: tensor {name!r} has shape {list(shape)}, the model expects {list(target.shape)}"
+                        )
+                    target.copy_(f.get_tensor(name))
+    for module in model.modules():
+        post_load = getattr(module, "post_load", None)
+        if callable(post_load):
+            post_load()

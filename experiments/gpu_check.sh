@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Executor device check: about 8 minutes on one H100, from the repository root.
+#
+#   OUT=/path/to/results PYTHONPATH=. bash experiments/gpu_check.sh
+#
+# Nothing is installed: the Python parts are `python -m executor.devcheck <stage>` (see that
+# module). Each stage runs under its own `timeout`, so a hung kernel costs one stage, not the
+# run. Random models of the real Qwen shapes are written to $MODELS_DIR (not under $OUT).
+# Prints: correctness of the triton backend (+ CUDA graphs) against the torch backend, the
+# nano-vllm offline benchmark (256 requests, in/out U[100,1024], ignore_eos) for Qwen2.5-0.5B
+# and Qwen3-0.6B shapes, the transformers generate() baseline, and the decode roofline bound.
+set -u
+OUT="${OUT:-$(mktemp -d -t gpu_check.XXXXXX)}"
+mkdir -p "$OUT"
+export PYTHONPATH="${PYTHONPATH:-.}"
+PY="${PYTHON:-python}"
+MODELS_DIR="${MODELS_DIR:-/tmp/folovllm_gpu_check_models}"
+DEVICE="${DEVICE:-cuda}"
+SUMMARY="$OUT/summary.txt"
+: > "$SUMMARY"
+T_START=$(date +%s)
+
+stage() {  # stage NAME LIMIT_SECONDS command...
+  local name=$1 limit=$2
+  shift 2
+  echo "=== [$name] (limit ${limit}s) $*"
+  local t0=$(date +%s)
+  timeout --kill-after=15 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  local dt=$(( $(date +%s) - t0 ))
+  # show the stage's own report lines (not the warnings)
+  grep -v -i -E "warn|Loading weights|^\s*$" "$OUT/$name.log" | tail -n 12
+  local what="ok"
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then what="TIMEOUT"; elif [ $rc -ne 0 ]; then what="FAILED rc=$rc"; tail -n 5 "$OUT/$name.log"; fi
+  printf "%-28s %-12s %4ss\n" "$name" "$what" "$dt" | tee -a "$SUMMARY"
+}
+
+DC="$PY -m executor.devcheck"
+Q25="$MODELS_DIR/qwen2.5-0.5b"
+Q3="$MODELS_DIR/qwen3-0.6b"
+
+stage env 60 $DC env --out "$OUT"
+stage write-qwen2.5-0.5b 60 $DC write --shape qwen2.5-0.5b --model-dir "$Q25"
+stage write-qwen3-0.6b 60 $DC write --shape qwen3-0.6b --model-dir "$Q3"
+stage correctness 90 $DC correctness --model-dir "$Q25" --device "$DEVICE" --backend triton --out "$OUT" --tag qwen2.5-0.5b
+stage roofline-qwen2.5-0.5b 30 $DC roofline --shape qwen2.5-0.5b --out "$OUT" --tag qwen2.5-0.5b
+stage roofline-qwen3-0.6b 30 $DC roofline --shape qwen3-0.6b --out "$OUT" --tag qwen3-0.6b
+stage throughput-qwen2.5-0.5b 130 $DC throughput --model-dir "$Q25" --device "$DEVICE" --out "$OUT" --tag qwen2.5-0.5b
+stage throughput-qwen3-0.6b 130 $DC throughput --model-dir "$Q3" --device "$DEVICE" --out "$OUT" --tag qwen3-0.6b
+stage hf-qwen2.5-0.5b 100 $DC hf --model-dir "$Q25" --device "$DEVICE" --num-requests 64 --hf-batch-size 64 --out "$OUT" --tag qwen2.5-0.5b
+
+echo
+echo "=== summary ($(( $(date +%s) - T_START ))s total; logs and JSON in $OUT)"
+cat "$SUMMARY"
+"$PY" - "$OUT" <<'PYEOF'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+def load(name):
+    p = out / f"{name}.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+c = load("correctness-qwen2.5-0.5b")
+if c:
+    print(f"correctness (fp32, triton vs torch): ok={c.get('ok')} logits rel err {c.get('prompt_logits_rel_err_fp32'):.2e} "
+          + " ".join(f"{k}: {v['identical_requests']}/{v['num_requests']} identical" for k, v in c.items() if isinstance(v, dict)))
+for shape in ("qwen2.5-0.5b", "qwen3-0.6b"):
+    t, r = load(f"throughput-{shape}"), load(f"roofline-{shape}")
+    line = f"{shape:>13}: "
+    line += f"engine {t['output_tok_per_s']:.0f} out tok/s ({t['mean_step_ms']:.1f} ms/step)" if t else "engine n/a"
+    if r:
+        b0, b1 = r["overhead_0ms"]["bound_out_tok_per_s"], r["overhead_1ms"]["bound_out_tok_per_s"]
+        line += f" | roofline {b0:.0f} (0 ms/step), {b1:.0f} (+1 ms/step)"
+        if t:
+            line += f" | {100 * t['output_tok_per_s'] / b0:.0f}% of bound"
+    print(line)
+h = load("hf-qwen2.5-0.5b")
+if h:
+    print(f"hf generate qwen2.5-0.5b, first {h['num_requests']} requests, batch {h['hf_batch_size']}: "
+          f"{h['hf_output_tok_per_s']:.0f} out tok/s; our engine on the same: {h.get('engine_output_tok_per_s', float('nan')):.0f} "
+          f"({h.get('speedup', float('nan')):.2f}x)")
+PYEOF
