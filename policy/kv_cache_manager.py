@@ -178,6 +178,24 @@ class KVCacheManager:
             cache_block(blocks[i], hashes[i])
         table.num_cached = num_full
 
+    def unpublish_uncomputed(self, request: Request, num_computed_tokens: int) -> None:
+        """Withdraw the hashes of blocks published for tokens past `num_computed_tokens`.
+
+        `allocate_slots` publishes a block as soon as the step that fills it is scheduled.
+        When that step is then taken back (the request is preempted later in the same
+        `schedule()`), those tokens are never computed, so the blocks must not stay findable.
+        Such blocks were only ever this request's (nothing hits in a step that preempts)."""
+        table = self.tables.get(request.request_id)
+        first = num_computed_tokens // self.block_size
+        if table is None or table.num_cached <= first:
+            return
+        cached = self.pool.cached
+        for block in table.blocks[first : table.num_cached]:
+            if block.block_hash is not None and cached.get(block.block_hash) is block:
+                del cached[block.block_hash]
+                block.block_hash = None
+        table.num_cached = first
+
     def free(self, request: Request) -> None:
         """Release the request's blocks tail first, so its tail is evicted before its prefix
         (the prefix is the part other requests are likely to share)."""

@@ -159,7 +159,11 @@ class Scheduler:
                 victim = self._pick_victim()
                 vi = running.index(victim)
                 if vi < i:
-                    budget += self._unschedule(rows, victim)
+                    refund = self._unschedule(rows, victim)
+                    budget += refund
+                    # Blocks it published for this step's tokens will never be computed now:
+                    # withdraw them, or a later hit (its own readmission) reads garbage KV.
+                    kv.unpublish_uncomputed(victim, victim.num_computed_tokens - refund)
                     i -= 1
                 self._preempt(victim)
                 preempted.append(victim.request_id)

@@ -25,8 +25,9 @@ class StaticBatchScheduler(Scheduler):
         if not self._batch_open:
             return budget
         left = super()._admit(rows, budget)
-        if left > 0:
+        if left > 0 or not self.waiting or len(self.running) >= self.config.max_num_seqs:
             # Admission stopped for a reason other than this step's token budget: the queue
             # is empty, the batch is full, or the KV pool is. The batch is now closed.
+            # (A budget used up exactly does not keep it open when the queue ran dry.)
             self._batch_open = False
         return left

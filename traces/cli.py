@@ -41,17 +41,22 @@ def trace() -> None:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), help="Trace format (default: auto-detect).")
 @click.option("--arrival-mode", type=click.Choice(["batch", "spread"]), default=None,
               help="Mooncake only: keep the ~3 s quantised timestamps (batch) or spread each bucket (spread).")
+@click.option("--seed", type=int, default=None, help="Mooncake --arrival-mode spread only: the jitter seed (default 0).")
+@click.option("-o", "--option", "reader_opts", multiple=True, metavar="KEY=VALUE",
+              help="Other reader options, e.g. -o tokenizer=DIR (sharegpt), -o model=GPT-4 (burstgpt).")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
-def stats(file: str, fmt: str | None, arrival_mode: str | None, as_json: bool) -> None:
-    """Describe FILE: request rate, burstiness, length percentiles, prefix reuse.
+def stats(file: str, fmt: str | None, arrival_mode: str | None, seed: int | None, reader_opts, as_json: bool) -> None:
+    """Describe FILE: request rate, inter-arrival CV, peak rates, prompt/output length
+    percentiles, total tokens, and the prefix-reuse ceiling (share of prompt tokens an
+    unbounded prefix cache could reuse; traces with block hashes only). Notes at the end say
+    what the reader dropped, approximated or chose (e.g. the Mooncake replay mode).
 
     Example: folovllm trace stats AzureLLMInferenceTrace_conv.csv
     """
     from traces.io import load
     from traces.stats import describe, format_stats
 
-    options = {"arrival_mode": arrival_mode} if arrival_mode else {}
-    table = _load_or_fail(load, file, fmt, options)
+    table = _load_or_fail(load, file, fmt, _reader_options(arrival_mode, seed, reader_opts))
     result = describe(table)
     click.echo(json.dumps(result, indent=2, default=float) if as_json else format_stats(result))
 
@@ -65,7 +70,12 @@ def stats(file: str, fmt: str | None, arrival_mode: str | None, as_json: bool) -
 @click.option("--max-model-len", type=int, help="Clip prompts/outputs to fit this context (counted in the notes).")
 @click.option("--head", "head_n", type=int, help="Keep only the first N requests.")
 @click.option("--rate-scale", type=float, help="Replay at this multiple of the recorded rate.")
-def convert(src, dst, fmt, to_fmt, max_model_len, head_n, rate_scale) -> None:
+@click.option("--arrival-mode", type=click.Choice(["batch", "spread"]), default=None,
+              help="Mooncake only: keep the ~3 s quantised timestamps (batch) or spread each bucket (spread).")
+@click.option("--seed", type=int, default=None, help="Mooncake --arrival-mode spread only: the jitter seed (default 0).")
+@click.option("-o", "--option", "reader_opts", multiple=True, metavar="KEY=VALUE",
+              help="Other reader options, e.g. -o tokenizer=DIR (sharegpt), -o model=GPT-4 (burstgpt).")
+def convert(src, dst, fmt, to_fmt, max_model_len, head_n, rate_scale, arrival_mode, seed, reader_opts) -> None:
     """Convert SRC to DST (canonical JSONL / Parquet, or Vidur's CSV to feed Vidur the same requests).
 
     Example: folovllm trace convert conversation_trace.jsonl mooncake.parquet --max-model-len 32768
@@ -73,7 +83,7 @@ def convert(src, dst, fmt, to_fmt, max_model_len, head_n, rate_scale) -> None:
     from traces import transforms
     from traces.io import load, write
 
-    table = _load_or_fail(load, src, fmt, {})
+    table = _load_or_fail(load, src, fmt, _reader_options(arrival_mode, seed, reader_opts))
     if head_n:
         table = transforms.head(table, head_n)
     if rate_scale:
@@ -93,13 +103,17 @@ def convert(src, dst, fmt, to_fmt, max_model_len, head_n, rate_scale) -> None:
 @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
               help="Preset parameter, e.g. -p num_requests=500 -p rate=4 -p prompt=lognormal:1000:0.8")
 def gen(preset: str, out: str, seed: int, params: tuple[str, ...]) -> None:
-    """Generate the workload PRESET and write it to OUT.
+    """Generate the workload PRESET and write it to OUT (.jsonl or .parquet; .csv = Vidur).
 
     Presets: nano-vllm, poisson, gamma, constant, shared-prefix, multi-turn, few-shot, replay,
-    azure-conv-like, azure-code-like. Lengths take fixed:N, uniform:LO:HI,
-    lognormal:MEDIAN:SIGMA[:MIN:MAX], empirical:TRACE:prompt|output.
+    azure-conv-like, azure-code-like. `folovllm trace presets` lists each one's parameters and
+    defaults. Lengths (prompt=..., output=...) take fixed:N, uniform:LO:HI,
+    lognormal:MEDIAN:SIGMA[:MIN:MAX], empirical:TRACE:prompt|output or
+    percentiles:0=MIN,50=P50,...,100=MAX. The same seed gives the same file.
 
     Example: folovllm trace gen poisson reqs.jsonl -p num_requests=1000 -p rate=8
+
+    Example: folovllm trace gen azure-code-like code.parquet -p num_requests=5000 -p rate_scale=2
     """
     from traces.generators import generate
     from traces.io import write
@@ -108,8 +122,32 @@ def gen(preset: str, out: str, seed: int, params: tuple[str, ...]) -> None:
         table = generate(preset, seed=seed, **_parse_params(params))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    write(table, out)
+    try:
+        write(table, out)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {len(table):,} requests to {out}")
+    for note in table.notes:
+        click.echo(f"note: {note}")
+
+
+@trace.command()
+def presets() -> None:
+    """List the workload presets of `folovllm trace gen` with their parameters and defaults."""
+    from traces.generators import preset_parameters
+
+    for name, params in preset_parameters().items():
+        shown = "  ".join(f"{k}={v}" if v == "<required>" else f"{k}={v!r}" for k, v in params.items())
+        click.echo(f"{name:<16} {shown}")
+
+
+def _reader_options(arrival_mode, seed, pairs) -> dict:
+    options = _parse_params(tuple(pairs))
+    if arrival_mode:
+        options["arrival_mode"] = arrival_mode
+    if seed is not None:
+        options["seed"] = seed
+    return options
 
 
 def _load_or_fail(load, path, fmt, options):

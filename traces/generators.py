@@ -59,7 +59,8 @@ def replay_arrivals(trace: TraceTable, n: int, rate: float | None) -> np.ndarray
 class LengthDist:
     """A token-length distribution, written as a string in specs and on the command line:
     `fixed:N`, `uniform:LO:HI`, `lognormal:MEDIAN:SIGMA[:MIN:MAX]`, `empirical:TRACE_FILE:prompt|output`,
-    `quantiles:MIN,P50,P90,P99,MAX`."""
+    `quantiles:MIN,P50,P90,P99,MAX`, `percentiles:0=MIN,50=P50,...,100=MAX` (any increasing
+    percentiles from 0 to 100; lengths are log-linear between them)."""
 
     kind: str
     args: tuple
@@ -84,12 +85,18 @@ class LengthDist:
             if kind == "quantiles" and len(args) == 1:
                 q = tuple(float(v) for v in args[0].split(","))
                 if len(q) == 5:
-                    return cls(kind, q)
+                    return cls("percentiles", tuple(zip((0.0, 50.0, 90.0, 99.0, 100.0), q)))
+            if kind == "percentiles" and len(args) == 1:
+                pairs = tuple((float(p), float(v)) for p, v in (item.split("=") for item in args[0].split(",")))
+                probs = [p for p, _ in pairs]
+                if pairs and probs[0] == 0 and probs[-1] == 100 and all(a < b for a, b in zip(probs, probs[1:])):
+                    return cls(kind, pairs)
         except ValueError:
             pass
         raise ValueError(
             f"length distribution {text!r}: expected fixed:N, uniform:LO:HI, lognormal:MEDIAN:SIGMA[:MIN:MAX], "
-            "empirical:TRACE_FILE:prompt|output or quantiles:MIN,P50,P90,P99,MAX"
+            "empirical:TRACE_FILE:prompt|output, quantiles:MIN,P50,P90,P99,MAX or "
+            "percentiles:0=MIN,...,100=MAX (increasing percentiles from 0 to 100)"
         )
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -108,25 +115,37 @@ class LengthDist:
             col = "prompt_len" if a[1] == "prompt" else "output_len"
             values = load(a[0]).df[col].to_numpy()
             out = rng.choice(values, size=n, replace=True)
-        else:  # quantiles: piecewise log-linear inverse CDF through published percentiles
-            probs = np.array([0.0, 0.5, 0.9, 0.99, 1.0])
-            logs = np.log(np.asarray(a))
+        else:  # percentiles: piecewise log-linear inverse CDF through published percentiles
+            probs = np.array([p for p, _ in a]) / 100.0
+            logs = np.log(np.maximum([v for _, v in a], 1.0))
             out = np.rint(np.exp(np.interp(rng.uniform(size=n), probs, logs)))
         out = np.maximum(out.astype(np.int64), 1)
         return out
 
 
 # -- presets --------------------------------------------------------------------------------
-# Published statistics of the Azure LLM inference traces 2023 (Patel et al., Splitwise, ISCA
-# 2024; Azure/AzurePublicDataset), as summarised in the project's shared/traces SOURCE.md:
-# mean rate, inter-arrival CV, and min / p50 / p90 / p99 / max of the token lengths.
-AZURE_CONV = dict(rate=5.53, cv=1.09, prompt="quantiles:2,1020,2734,4142,14050", output="quantiles:7,129,424,601,1000")
-AZURE_CODE = dict(rate=2.57, cv=13.2, prompt="quantiles:3,1469,5188,7436,7437", output="quantiles:6,13,55,251,1899")
+# Statistics of the Azure LLM inference traces 2023 (Patel et al., Splitwise, ISCA 2024;
+# Azure/AzurePublicDataset data/AzureLLMInferenceTrace_{conv,code}.csv, CC-BY 4.0): mean rate and
+# inter-arrival CV as published in the project's shared/traces/azure-2023-*/SOURCE.md, and the
+# length percentiles p0/10/25/50/75/90/95/99/99.9/100 computed from those files
+# (numpy inverted_cdf). The lengths are strongly non-lognormal (e.g. conv prompts jump from
+# 1,189 at p75 to 2,735 at p90), hence the dense percentile grid rather than a fitted law.
+AZURE_CONV = dict(
+    rate=5.53, cv=1.09,
+    prompt="percentiles:0=2,10=207,25=396,50=1020,75=1189,90=2735,95=4083,99=4142,99.9=6212,100=14050",
+    output="percentiles:0=7,10=54,25=85,50=129,75=395,90=424,95=451,99=601,99.9=954,100=1000",
+)
+AZURE_CODE = dict(
+    rate=2.57, cv=13.2,
+    prompt="percentiles:0=3,10=147,25=578,50=1469,75=2745,90=5194,95=7315,99=7436,99.9=7437,100=7437",
+    output="percentiles:0=6,10=7,25=9,50=13,75=24,90=55,95=90,99=252,99.9=831,100=1899",
+)
 
 
 def _table(name: str, arrivals, prompt, output, notes, **extra) -> TraceTable:
     n = len(prompt)
-    data = {"request_id": np.arange(n).astype(str), "arrival_s": arrivals, "prompt_len": prompt, "output_len": output}
+    ids = pd.Series(np.arange(n)).astype(str)  # straight to pandas strings: no fixed-width numpy copy
+    data = {"request_id": ids, "arrival_s": arrivals, "prompt_len": prompt, "output_len": output}
     data.update(extra)
     return TraceTable.from_dataframe(pd.DataFrame(data), name=name, source=f"generated:{name}", notes=notes)
 
@@ -250,18 +269,31 @@ PRESETS = {
 }
 
 
+_TARGETS = {"poisson": gen_random, "gamma": gen_random, "constant": gen_random,
+            "azure-conv-like": gen_azure_like, "azure-code-like": gen_azure_like}
+
+
+def preset_parameters() -> dict[str, dict]:
+    """Each preset's parameters and defaults ("<required>" where there is none), for help texts."""
+    import inspect
+
+    out = {}
+    for preset in PRESETS:
+        sig = inspect.signature(_TARGETS.get(preset, PRESETS[preset]))
+        params = {k: ("<required>" if p.default is inspect.Parameter.empty else p.default)
+                  for k, p in sig.parameters.items() if k not in ("_", "name", "which", "seed")}
+        if preset in ("poisson", "constant"):
+            params.pop("cv")
+        out[preset] = params
+    return out
+
+
 def generate(preset: str, seed: int = 0, **params) -> TraceTable:
     """Build a named synthetic workload. Unknown presets and parameters are errors."""
     if preset not in PRESETS:
         raise ValueError(f"unknown workload preset {preset!r}; known presets: {', '.join(sorted(PRESETS))}")
-    import inspect
-
     fn = PRESETS[preset]
-    target = {"poisson": gen_random, "gamma": gen_random, "constant": gen_random,
-              "azure-conv-like": gen_azure_like, "azure-code-like": gen_azure_like}.get(preset, fn)
-    allowed = set(inspect.signature(target).parameters) - {"_", "name", "which"}
-    if preset in ("poisson", "constant"):
-        allowed.discard("cv")  # fixed by the preset
+    allowed = set(preset_parameters()[preset]) | {"seed"}
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise ValueError(f"preset {preset!r}: unknown parameter(s) {unknown}; allowed: {sorted(allowed - {'seed'})}")

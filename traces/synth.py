@@ -5,7 +5,7 @@ tokens in every engine and run, distinct ids give different blocks (a 16-token c
 has probability about vocab^-16), and because tokens depend on the *trace's* hash ids and
 positions, any KV block size of the engine sees exactly the sharing the trace describes.
 Requests without hashes get a private id derived from their request id, so they never share
-a prefix by accident. Everything is vectorised with numpy: a 12k-token prompt costs ~0.2 ms.
+a prefix by accident. Everything is vectorised with numpy (about 20 ns a token, see experiments/bench_traces).
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import numpy as np
 import xxhash
 
 FIRST_TOKEN = 4  # keep clear of the usual special ids (pad/bos/eos/unk) at the bottom
-_PRIVATE_DOMAIN = np.uint64(1 << 63)  # request-private "hash ids" never equal a trace's ids
+_PRIVATE_DOMAIN = np.uint64(1 << 63)
+_M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9)
+_S29, _S32 = np.uint64(29), np.uint64(32)  # request-private "hash ids" never equal a trace's ids
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -26,13 +28,41 @@ def _mix64(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def _tokens(block_keys: np.ndarray, offsets: np.ndarray, vocab_size: int) -> list[int]:
+def _tokens(block_keys: np.ndarray, block_len: int, prompt_len: int, vocab_size: int) -> list[int]:
+    """Token j of block k is mix(mix(block_keys[k]) + j), mapped onto [FIRST_TOKEN, vocab_size).
+    The per-block mix runs once per block, the per-token one once per token: about 20 ns a
+    token, list conversion included."""
     span = vocab_size - FIRST_TOKEN
     if span < 2:
         raise ValueError(f"vocab_size={vocab_size} is too small to synthesise prompts (need > {FIRST_TOKEN + 1})")
     with np.errstate(over="ignore"):
-        mixed = _mix64(_mix64(block_keys) + offsets.astype(np.uint64))
-    return (mixed % np.uint64(span) + np.uint64(FIRST_TOKEN)).astype(np.int64).tolist()
+        z = np.repeat(_mix64(block_keys), block_len)[:prompt_len]
+        # per token: a light in-place multiply-xorshift of (scrambled block key + position)
+        z += _offsets(block_len, prompt_len)
+        z *= _M1
+        z ^= z >> _S29
+        z *= _M2
+        z >>= _S32  # top 32 bits, uniform
+        z *= np.uint64(span)  # multiply-shift maps them onto the span (cheaper than a 64-bit modulo)
+        z >>= _S32
+        z += np.uint64(FIRST_TOKEN)
+    return z
+
+
+_OFFSET_CACHE: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _offsets(block_len: int, prompt_len: int) -> np.ndarray:
+    """Position inside its block for every prompt position (cached by shape; prompt lengths repeat)."""
+    key = (block_len, prompt_len)
+    cached = _OFFSET_CACHE.get(key)
+    if cached is None:
+        cached = np.arange(prompt_len, dtype=np.uint64) * _M1  # position j -> j * golden ratio (distinct, spread)
+        if block_len < prompt_len:
+            cached = np.tile(cached[:block_len], -(-prompt_len // block_len))[:prompt_len]
+        if len(_OFFSET_CACHE) < 4096:
+            _OFFSET_CACHE[key] = cached
+    return cached
 
 
 def tokens_from_hashes(hash_ids, hash_block_size: int, prompt_len: int, vocab_size: int) -> list[int]:
@@ -44,12 +74,12 @@ def tokens_from_hashes(hash_ids, hash_block_size: int, prompt_len: int, vocab_si
             f"{len(hash_ids)} hash ids cover at most {len(hash_ids) * hash_block_size} tokens, "
             f"but prompt_len is {prompt_len} (block size {hash_block_size})"
         )
-    pos = np.arange(prompt_len, dtype=np.int64)
     keys = np.asarray(hash_ids[:needed], dtype=np.int64).astype(np.uint64)
-    return _tokens(np.repeat(keys, hash_block_size)[:prompt_len], pos % hash_block_size, vocab_size)
+    return _tokens(keys, hash_block_size, prompt_len, vocab_size).tolist()
 
 
 def private_tokens(request_id: str, prompt_len: int, vocab_size: int) -> list[int]:
-    """Tokens no other request shares (seeded by the request id, stable across runs)."""
+    """Tokens no other request shares (seeded by the request id, stable across runs): one
+    prompt-long "block" whose key lives outside any trace's hash-id range."""
     key = np.uint64(xxhash.xxh64_intdigest(request_id.encode())) | _PRIVATE_DOMAIN
-    return _tokens(np.full(prompt_len, key, dtype=np.uint64), np.arange(prompt_len, dtype=np.int64), vocab_size)
+    return _tokens(np.array([key], dtype=np.uint64), max(prompt_len, 1), prompt_len, vocab_size).tolist()

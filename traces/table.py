@@ -25,6 +25,7 @@ from traces.synth import private_tokens, tokens_from_hashes
 REQUIRED = ("request_id", "arrival_s", "prompt_len", "output_len")
 OPTIONAL = ("priority", "session_id", "turn", "block_hashes", "hash_block_size", "prompt_token_ids")
 COLUMNS = REQUIRED + OPTIONAL
+STREAM_CHUNK = 8192  # rows turned into Python objects at a time by iter_requests
 
 
 @dataclass
@@ -49,10 +50,16 @@ class TraceTable:
         notes = self.notes + ([note] if note else [])
         return TraceTable(df.reset_index(drop=True), self.name, self.source, notes)
 
+    def iter_rows(self) -> Iterator[tuple]:
+        """Rows as namedtuples (canonical column names), in arrival order, one at a time:
+        the cheap way to walk a million-row table without building Request objects."""
+        order = np.argsort(self.df["arrival_s"].to_numpy(), kind="stable")
+        yield from self.df.iloc[order].itertuples(index=False, name="TraceRow")
+
     def iter_requests(
         self,
         *,
-        block_size: int = 16,  # accepted for symmetry with engines; synthesis follows the trace's own blocks
+        block_size: int = 16,  # the engine's KV block size; synthesis follows the trace's own blocks, so any size sees the same sharing
         vocab_size: int = 32000,
         eos_token_id: int | None = None,
         ignore_eos: bool = True,
@@ -63,37 +70,40 @@ class TraceTable:
         `max_tokens` is the trace's output length (the simulator needs it exact, hence
         `ignore_eos` by default)."""
         df = self.df
-        ids = df["request_id"].astype(str).tolist()
-        arrivals = df["arrival_s"].to_numpy(dtype=np.float64).tolist()
-        prompt_lens = df["prompt_len"].to_numpy(dtype=np.int64).tolist()
-        output_lens = df["output_len"].to_numpy(dtype=np.int64).tolist()
-        priorities = df["priority"].tolist() if "priority" in df.columns else None
-        hashes = df["block_hashes"].tolist() if "block_hashes" in df.columns else None
-        hash_bs = df["hash_block_size"].tolist() if "hash_block_size" in df.columns else None
-        tokens = df["prompt_token_ids"].tolist() if "prompt_token_ids" in df.columns else None
-        order = np.argsort(np.asarray(arrivals), kind="stable").tolist()
-        for i in order:
-            rid = ids[i]
-            n = prompt_lens[i]
-            given = tokens[i] if tokens is not None else None
-            if given is not None and len(given):
-                prompt = [int(t) for t in given]
-            elif hashes is not None and hashes[i] is not None and len(hashes[i]):
-                prompt = tokens_from_hashes(hashes[i], int(hash_bs[i]), n, vocab_size)
-            else:
-                prompt = private_tokens(rid, n, vocab_size)
-            out = output_lens[i]
-            if max_tokens_cap is not None:
-                out = min(out, max_tokens_cap)
-            yield Request(
-                request_id=rid,
-                prompt_token_ids=prompt,
-                max_tokens=out,
-                arrival_time=arrivals[i],
-                priority=int(priorities[i]) if priorities is not None else 0,
-                eos_token_id=eos_token_id,
-                ignore_eos=ignore_eos,
-            )
+        order = np.argsort(df["arrival_s"].to_numpy(dtype=np.float64), kind="stable")
+        columns = [c for c in ("priority", "block_hashes", "hash_block_size", "prompt_token_ids") if c in df.columns]
+        # Python lists are made one chunk at a time, so a million-row table never becomes
+        # a million Python objects at once (the numpy columns stay as they are).
+        for lo in range(0, len(order), STREAM_CHUNK):
+            rows = order[lo : lo + STREAM_CHUNK]
+            ids = df["request_id"].to_numpy()[rows].tolist()
+            arrivals = df["arrival_s"].to_numpy(dtype=np.float64)[rows].tolist()
+            prompt_lens = df["prompt_len"].to_numpy(dtype=np.int64)[rows].tolist()
+            output_lens = df["output_len"].to_numpy(dtype=np.int64)[rows].tolist()
+            extra = {c: df[c].to_numpy()[rows].tolist() for c in columns}
+            priorities, hashes = extra.get("priority"), extra.get("block_hashes")
+            hash_bs, tokens = extra.get("hash_block_size"), extra.get("prompt_token_ids")
+            for i, rid in enumerate(ids):
+                n = prompt_lens[i]
+                given = tokens[i] if tokens is not None else None
+                if given is not None and len(given):
+                    prompt = [int(t) for t in given]
+                elif hashes is not None and hashes[i] is not None and len(hashes[i]):
+                    prompt = tokens_from_hashes(hashes[i], int(hash_bs[i]), n, vocab_size)
+                else:
+                    prompt = private_tokens(rid, n, vocab_size)
+                out = output_lens[i]
+                if max_tokens_cap is not None:
+                    out = min(out, max_tokens_cap)
+                yield Request(
+                    request_id=rid,
+                    prompt_token_ids=prompt,
+                    max_tokens=out,
+                    arrival_time=arrivals[i],
+                    priority=int(priorities[i]) if priorities is not None else 0,
+                    eos_token_id=eos_token_id,
+                    ignore_eos=ignore_eos,
+                )
 
     def to_requests(self, **kwargs) -> list[Request]:
         return list(self.iter_requests(**kwargs))
@@ -124,7 +134,16 @@ def normalise_frame(df: pd.DataFrame, where: str) -> pd.DataFrame:
     for c in ("priority", "turn", "hash_block_size"):
         if c in out.columns:
             out[c] = _int_column(out[c], c, where)
+    for c in ("block_hashes", "prompt_token_ids", "session_id"):
+        if c in out.columns:  # rows without a value hold None (JSON and pandas may give NaN)
+            out[c] = pd.Series([None if _missing(v) else v for v in out[c].tolist()], dtype=object)
+    if "block_hashes" in out.columns and "hash_block_size" not in out.columns:
+        raise ValueError(f"{where}: block_hashes needs hash_block_size (tokens per hash id)")
     return out
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
 
 
 def _int_column(col: pd.Series, name: str, where: str) -> pd.Series:
@@ -140,7 +159,7 @@ def validate_frame(df: pd.DataFrame, where: str) -> None:
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise ValueError(f"{where}: missing required column(s) {missing}")
-    if df["request_id"].duplicated().any():
+    if not df["request_id"].is_unique:
         dup = df["request_id"][df["request_id"].duplicated()].iloc[0]
         raise ValueError(f"{where}: duplicate request_id {dup!r}")
     arrivals = df["arrival_s"].to_numpy()

@@ -21,7 +21,8 @@ def detect_format(path) -> str:
     with open(path, encoding="utf-8", errors="replace") as fh:
         head = fh.read(4096)
     first = head.lstrip().split("\n", 1)[0]
-    if suffix == ".csv" or "," in first and not first.startswith("{"):
+    looks_json = first.startswith(("{", "["))
+    if suffix == ".csv" or ("," in first and not looks_json):
         cols = {c.strip() for c in first.split(",")}
         if {"TIMESTAMP", "ContextTokens", "GeneratedTokens"} <= cols:
             return "azure"

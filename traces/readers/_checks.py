@@ -20,7 +20,15 @@ def int_lengths(values, name: str, path, first_line: int, minimum: int = 0) -> n
     bad = ~np.isfinite(numeric) | (numeric != np.floor(numeric)) | (numeric < minimum)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise TraceFormatError(path, first_line + row, f"{name}={pd.Series(values).iloc[row]!r} is not an integer >= {minimum}")
+        raw = pd.Series(values).iloc[row]
+        shown = repr(raw) if isinstance(raw, str) else str(raw)
+        if isinstance(raw, str) or not np.isfinite(numeric[row]):
+            why = "missing or not a number" if not np.isfinite(numeric[row]) else "not an integer"
+        elif numeric[row] != np.floor(numeric[row]):
+            why = "not an integer"
+        else:
+            why = f"below the minimum {minimum}" + (" (negative)" if numeric[row] < 0 else "")
+        raise TraceFormatError(path, first_line + row, f"{name}={shown}: {why}; token counts must be integers >= {minimum}")
     return numeric.astype(np.int64)
 
 

@@ -25,7 +25,8 @@ def read(path) -> TraceTable:
     except (ValueError, TypeError) as exc:
         bad = _first_bad_timestamp(raw["TIMESTAMP"])
         raise TraceFormatError(path, bad + 2 if bad is not None else None, f"unparseable TIMESTAMP: {exc}") from None
-    ns = stamps.astype("int64").to_numpy() if stamps.notna().all() else None
+    # pandas picks the resolution from the text (7 digits -> ns, 6 -> us): pin it to ns first
+    ns = stamps.dt.as_unit("ns").astype("int64").to_numpy() if stamps.notna().all() else None
     if ns is None:
         row = int(np.flatnonzero(stamps.isna().to_numpy())[0])
         raise TraceFormatError(path, row + 2, "TIMESTAMP is empty")

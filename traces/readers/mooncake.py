@@ -75,7 +75,8 @@ def read(path, arrival_mode: str = "batch", seed: int = 0, hash_block_size: int 
 
 def spread_within_buckets(arrivals: np.ndarray, bucket_s: float, seed: int) -> np.ndarray:
     """Requests sharing a recorded timestamp get sorted seeded offsets inside their bucket
-    (up to the next recorded timestamp, at most `bucket_s`), so arrival order is kept."""
+    (up to the next recorded timestamp, at most `bucket_s`), so arrival order is kept. The very
+    first request stays at the first recorded time."""
     rng = np.random.default_rng(seed)
     out = arrivals.astype(np.float64).copy()
     starts = np.flatnonzero(np.r_[True, np.diff(arrivals) != 0])
@@ -83,4 +84,5 @@ def spread_within_buckets(arrivals: np.ndarray, bucket_s: float, seed: int) -> n
     for a, b in zip(starts.tolist(), ends.tolist()):
         width = min(bucket_s, arrivals[b] - arrivals[a]) if b < len(arrivals) else bucket_s
         out[a:b] = arrivals[a] + np.sort(rng.uniform(0.0, width, b - a))
+    out[0] = arrivals[0]  # the trace still starts at its first recorded time (rebasing would shift every bucket)
     return out

@@ -1,0 +1,303 @@
+"""Calibration: measure the executor's step time over a grid of plan shapes and fit the
+simulator's profiled cost model to it.
+
+The real engine is driven through its own scheduler, so every timed step is a genuine plan
+(`engine.step()`: schedule + forward + sample + update, exactly what a replay times):
+
+- prefill chunks: one request of `n * P` tokens prefilled `P` tokens per step, so chunks of
+  P tokens at contexts 0, P, 2P, ... (prefill attention over cached context);
+- decodes: B requests at context C decoding together. The B prompts are identical and prefix
+  caching is on, so building that batch costs one prefill of C tokens instead of B (the KV
+  bytes each decode reads are the same);
+- mixed steps: a fresh prompt of P tokens joining those B decodes, then aborted;
+- short engine runs: a burst of requests with random lengths, every step a sample (the
+  step mixes a replay produces: several prefill chunks beside decodes).
+
+Each grid point is timed `repeats` times after a warm-up step, in each of `passes` passes over
+the whole grid; the sample is the median of all its timings.
+The fit (`sim.cost.profiled.fit_profile`) holds out every 5th point and reports its error.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from traces.timeline import plan_shape
+
+PREFILL_TOKENS = (16, 64, 128, 256)
+DECODE_BATCHES = (1, 4, 8, 16)
+CONTEXTS = (32, 256)
+MIXED_PREFILL = (16, 64, 192)
+
+
+@dataclass
+class CalibrationResult:
+    profile_path: Path
+    fit: dict
+    num_samples: int
+    wall_s: float
+    noise_cv_median: float
+
+
+def _sample(shape: tuple, seconds: float) -> dict:
+    n_pre, pre_tok, n_dec, pre_ctx, dec_ctx, pairs, n_sampled = shape
+    return {"num_prefill_requests": n_pre, "num_prefill_tokens": pre_tok, "num_decode_requests": n_dec,
+            "sum_prefill_context_len": pre_ctx, "sum_context_len": pre_ctx + dec_ctx,
+            "prefill_attn_pairs": pairs, "num_sampled": n_sampled, "measured_s": seconds}
+
+
+class _Profiler:
+    def __init__(self, engine, repeats: int) -> None:
+        self.engine = engine
+        self.repeats = repeats
+        self.samples: list[dict] = []
+        self.cvs: list[float] = []
+        self.points: dict = {}
+        self._next = 0
+        self.vocab = engine.config.vocab_size
+
+    def tokens(self, n: int) -> list[int]:
+        """Fresh token ids (never a prefix-cache hit with anything before)."""
+        start = self._next
+        self._next += n
+        return [3 + (start + i) * 7919 % (self.vocab - 3) for i in range(n)]
+
+    def add(self, prompt: list[int], max_tokens: int) -> str:
+        from executor.sampler import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+        req = self.engine.make_request(prompt, params)
+        self.engine.add_request(req, params)
+        return req.request_id
+
+    def step(self):
+        t0 = time.perf_counter()
+        plan, result = self.engine.step()
+        return plan, time.perf_counter() - t0
+
+    def collect(self, key, shapes_times: list[tuple[tuple, float]]) -> None:
+        """Timings of one grid point from one pass (kept until `finish`)."""
+        self.points.setdefault(key, []).extend(shapes_times)
+
+    def finish(self) -> None:
+        for key in list(self.points):
+            self.record(self.points.pop(key))
+
+    def record(self, shapes_times: list[tuple[tuple, float]]) -> None:
+        """One sample from repeated steps of (nearly) the same shape: median time, and the
+        shape of the step whose time is the median."""
+        if not shapes_times:
+            return
+        times = [t for _, t in shapes_times]
+        med = statistics.median(times)
+        shape = min(shapes_times, key=lambda st: abs(st[1] - med))[0]
+        self.samples.append(_sample(shape, med))
+        if len(times) > 1 and med > 0:
+            self.cvs.append(statistics.pstdev(times) / statistics.mean(times))
+
+    def drain(self) -> None:
+        engine = self.engine
+        for rid in list(engine.scheduler.requests):
+            engine.abort(rid)
+        while engine.has_unfinished_requests():
+            engine.step()
+        engine.step()  # flush aborted ids to the runner
+
+    def reset(self, **knobs) -> None:
+        self.drain()
+        self.engine.reset_scheduler(**knobs)
+
+
+def profile_engine(engine, *, prefill_tokens=PREFILL_TOKENS, decode_batches=DECODE_BATCHES, contexts=CONTEXTS,
+                   mixed_prefill=MIXED_PREFILL, repeats: int = 2, passes: int = 2, max_chunks: int = 3,
+                   bursts: bool = True, progress: bool = True) -> _Profiler:
+    """The whole grid `passes` times, `repeats` timed steps per point per pass; a point's
+    sample is the median over all its timings. Passes spread each point over the run, so a
+    burst of load from another process slows every point a little instead of a few a lot."""
+    prof = _Profiler(engine, repeats)
+    total = (len(prefill_tokens) + len(contexts) * len(decode_batches) + int(bursts)) * passes
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="calibrating", unit="point", file=sys.stderr)
+    for _ in range(passes):
+        _grid_pass(prof, prefill_tokens, decode_batches, contexts, mixed_prefill, repeats, max_chunks, bar)
+        if bursts:
+            profile_bursts(prof)
+            if bar is not None:
+                bar.update(1)
+    prof.finish()
+    if bar is not None:
+        bar.close()
+    return prof
+
+
+def _grid_pass(prof, prefill_tokens, decode_batches, contexts, mixed_prefill, repeats, max_chunks, bar) -> None:
+    engine = prof.engine
+    cfg = engine.scheduler_config
+    budget = max(max(prefill_tokens), max(mixed_prefill)) + max(decode_batches) + 16
+
+    # Prefill chunks of P tokens at growing context.
+    for p in prefill_tokens:
+        n_chunks = max(1, min(max_chunks, (cfg.max_model_len - 2) // p))
+        prof.reset(enable_prefix_caching=False, enable_chunked_prefill=True, long_prefill_token_threshold=p,
+                   max_num_batched_tokens=budget,
+                   max_num_seqs=max(decode_batches) + 1)
+        by_chunk: dict[int, list] = {}
+        for rep in range(repeats + 1):
+            prof.add(prof.tokens(p * n_chunks), 1)
+            for chunk in range(n_chunks):
+                plan, dt = prof.step()
+                if rep > 0:  # the first pass is the warm-up
+                    by_chunk.setdefault(chunk, []).append((plan_shape(plan), dt))
+            prof.drain()
+        for chunk in sorted(by_chunk):
+            prof.collect(("prefill", p, chunk), by_chunk[chunk])
+        if bar is not None:
+            bar.update(1)
+
+    # Decodes of B requests at context C, and mixed steps on top of them.
+    for c in contexts:
+        for b in decode_batches:
+            prof.reset(enable_prefix_caching=True, enable_chunked_prefill=True, long_prefill_token_threshold=0,
+                       max_num_batched_tokens=max(budget, c + b), max_num_seqs=max(decode_batches) + 1)
+            prompt = prof.tokens(c)
+            n_decode = repeats + 1 + (repeats + 1) * len(mixed_prefill) * 2
+            prof.add(prompt, n_decode + 8)
+            prof.step()  # the first copy fills the prefix cache; the others hit it
+            while engine.scheduler.num_waiting or any(
+                    r.num_computed_tokens < r.num_prompt_tokens for r in engine.scheduler.requests.values()):
+                prof.step()
+            for _ in range(b - 1):
+                prof.add(prompt, n_decode + 8)
+            # Prefill until every request decodes (these steps are samples too: multi-request prefill).
+            while engine.scheduler.num_waiting or any(
+                    r.num_computed_tokens < r.num_prompt_tokens for r in engine.scheduler.requests.values()):
+                plan, dt = prof.step()
+            decodes = []
+            for i in range(repeats + 1):
+                plan, dt = prof.step()
+                if i > 0:
+                    decodes.append((plan_shape(plan), dt))
+            prof.collect(("decode", c, b), decodes)
+            if b in (1, max(decode_batches) // 2, max(decode_batches)) or len(decode_batches) <= 2:
+                for p in mixed_prefill:
+                    mixed = []
+                    for i in range(repeats + 1):
+                        rid = prof.add(prof.tokens(p), 4)
+                        plan, dt = prof.step()
+                        engine.abort(rid)
+                        if i > 0 and plan.num_prefill_tokens == p:
+                            mixed.append((plan_shape(plan), dt))
+                    prof.collect(("mixed", c, b, p), mixed)
+            if bar is not None:
+                bar.update(1)
+    prof.drain()
+
+
+def profile_bursts(prof: _Profiler, *, bursts: int = 1, requests: int = 16, max_prompt: int = 256,
+                   max_output: int = 24, max_num_seqs: int = 8, budget: int = 256, seed: int = 1234) -> None:
+    """Short engine runs: bursts of requests with random lengths, every step a sample. They
+    add the step mixes a real replay produces (several prefill chunks beside decodes) that a
+    grid of pure shapes misses."""
+    import random
+
+    rng = random.Random(seed)
+    engine = prof.engine
+    for burst in range(bursts):
+        prof.reset(enable_prefix_caching=False, enable_chunked_prefill=True, long_prefill_token_threshold=0,
+                   max_num_batched_tokens=budget, max_num_seqs=max_num_seqs)
+        for _ in range(requests):
+            prof.add(prof.tokens(rng.randint(8, max_prompt)), rng.randint(2, max_output))
+        step = 0
+        while engine.has_unfinished_requests():
+            plan, dt = prof.step()
+            if plan.scheduled:  # the same seed gives the same plans in every pass
+                prof.collect(("burst", burst, step, plan_shape(plan)), [(plan_shape(plan), dt)])
+                step += 1
+    prof.drain()
+
+
+def calibrate(model: str, out: str | Path, *, dtype: str = "fp32", block_size: int = 16, repeats: int = 2,
+              quick: bool = False, progress: bool = True, device: str | None = None,
+              attention_backend: str = "torch", threads: int | None = None) -> CalibrationResult:
+    """Profile `model` on this machine, fit the profiled cost model, save it to `out`.
+    `threads` sets torch's intra-op threads (the executor runs it predicts must use the same)."""
+    _set_threads(threads)
+    from executor.engine import LLMEngine
+    from sim.cost.profiled import fit_profile
+
+    from experiments import model_ref
+    from experiments.environment import environment, machine_fingerprint
+
+    t0 = time.perf_counter()
+    model_dir = model_ref.executor_model_dir(model)
+    grid = dict(prefill_tokens=PREFILL_TOKENS, decode_batches=DECODE_BATCHES, contexts=CONTEXTS,
+                mixed_prefill=MIXED_PREFILL)
+    if quick:
+        grid = dict(prefill_tokens=(16, 32, 64), decode_batches=(1, 2, 4), contexts=(16, 64), mixed_prefill=(16,))
+    max_ctx = max(grid["contexts"]) + max(grid["mixed_prefill"]) + 64
+    max_model_len = max(max_ctx, max(grid["prefill_tokens"]) * 4 + 16)
+    engine = LLMEngine(model_dir, num_blocks=max(64, 4 * max_model_len // block_size + 8), block_size=block_size,
+                       max_model_len=max_model_len, max_num_seqs=max(grid["decode_batches"]) + 1,
+                       max_num_batched_tokens=max_model_len, attention_backend=attention_backend,
+                       dtype=model_ref.TORCH_DTYPES[dtype], device=device, load_tokenizer=False)
+    engine.warmup()
+    prof = profile_engine(engine, repeats=repeats, passes=1 if quick else 2, bursts=not quick, progress=progress,
+                          **grid)
+    env = environment(with_torch=True)
+    hardware = {"name": "measured", "fingerprint": machine_fingerprint(), "cpu": env["cpu"],
+                "cpu_count": env["cpu_count"], "torch_threads": env.get("torch_threads"), "gpu": env.get("gpu"),
+                "loadavg_at_end": env.get("loadavg"),
+                "step_noise_cv_median": statistics.median(prof.cvs) if prof.cvs else None,
+                "attention_backend": attention_backend}
+    profile = fit_profile(prof.samples, model=model, hardware=hardware, dtype=dtype, weight_bits=16)
+    path = profile.save(out)
+    return CalibrationResult(path, profile.fit_report, len(prof.samples), time.perf_counter() - t0,
+                             hardware["step_noise_cv_median"] or 0.0)
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+def cached_profile_path(model: str, dtype: str = "fp32", threads: int | None = None) -> Path:
+    """Where the calibrated profile of this machine + model + dtype (+ torch threads) is kept."""
+    _set_threads(threads)
+    from experiments.environment import machine_fingerprint
+    from experiments.model_ref import _cache_root
+
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in model.replace("/", "_"))[-60:]
+    return _cache_root() / "profiles" / f"{slug}-{dtype}-{machine_fingerprint()}.json"
+
+
+def ensure_profile(model: str, dtype: str = "fp32", *, force: bool = False, progress: bool = True,
+                   echo=print, threads: int | None = None) -> Path:
+    """The cached profile for this machine, calibrating first when there is none."""
+    path = cached_profile_path(model, dtype, threads)
+    if path.is_file() and not force:
+        echo(f"using the cached calibration profile {path}")
+        return path
+    echo(f"calibrating {model} ({dtype}) on this machine -> {path}")
+    res = calibrate(model, path, dtype=dtype, progress=progress, threads=threads)
+    echo(describe_result(res))
+    return path
+
+
+def describe_result(res: CalibrationResult) -> str:
+    fit = res.fit
+    held = fit.get("holdout_mape")
+    parts = [f"calibration: {res.num_samples} grid points in {res.wall_s:.0f} s"]
+    if held is not None:
+        parts.append(f"held-out step-time error (MAPE) {100 * held:.1f}% (max {100 * fit['holdout_max_ape']:.1f}%)")
+    parts.append(f"in-sample {100 * fit.get('train_mape', 0):.1f}%")
+    parts.append(f"step-time noise (median CV of repeats) {100 * res.noise_cv_median:.1f}%")
+    return "; ".join(parts)

@@ -1,0 +1,205 @@
+"""Predicted (simulator) vs measured (executor), for every variant run in both engines.
+
+Per variant and metric: the signed error `(predicted - measured) / measured` and its absolute
+value, next to the executor's run-to-run spread `(max - min) / median` over repeats (an error
+inside the spread is noise, not model error). Across variants: Kendall's tau between the
+simulator's and the executor's rankings (by output throughput and by p90 TTFT), implemented
+here (tau-b, so ties count correctly). Request-level MAPE of TTFT and E2EL, matched by
+request id, is a second view (DESIGN.md "Fidelity").
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+import pandas as pd
+
+from experiments import results
+
+METRICS = ("ttft_p50_s", "ttft_p90_s", "tpot_p50_s", "e2el_p50_s", "output_throughput")
+EXTRA_METRICS = ("ttft_mean_s", "tpot_p90_s", "itl_p50_s", "e2el_p90_s", "request_throughput")
+HEADLINE = ("ttft_p50_s", "tpot_p50_s", "output_throughput")
+RANKINGS = {"output_throughput": True, "ttft_p90_s": False}  # metric -> higher is better
+
+
+def kendall_tau(x, y) -> float | None:
+    """Kendall's tau-b of two equally long sequences; None when undefined (n < 2, or one
+    sequence is constant)."""
+    x, y = list(x), list(y)
+    if len(x) != len(y):
+        raise ValueError(f"kendall_tau: sequences differ in length ({len(x)} vs {len(y)})")
+    concordant = discordant = ties_x = ties_y = 0
+    n = len(x)
+    for i in range(n):
+        for j in range(i + 1, n):
+            dx = (x[i] > x[j]) - (x[i] < x[j])
+            dy = (y[i] > y[j]) - (y[i] < y[j])
+            if dx == 0 and dy == 0:
+                continue
+            if dx == 0:
+                ties_x += 1
+            elif dy == 0:
+                ties_y += 1
+            elif dx == dy:
+                concordant += 1
+            else:
+                discordant += 1
+    denom = math.sqrt((concordant + discordant + ties_x) * (concordant + discordant + ties_y))
+    return (concordant - discordant) / denom if denom else None
+
+
+def signed_error(predicted, measured) -> float | None:
+    if predicted is None or measured is None or not measured:
+        return None
+    return (predicted - measured) / measured
+
+
+def load_runs(out_dir: str | Path) -> pd.DataFrame:
+    """One row per finished run in index.json: engine, variant, seed, repeat, dir, summary keys."""
+    out = Path(out_dir)
+    index = results.read_json(out / "index.json")["jobs"]
+    rows = []
+    for job in index:
+        run_dir = out / job["dir"]
+        if not results.is_complete(run_dir):
+            continue
+        summary = results.read_json(run_dir / "summary.json")
+        rows.append({**job, **{k: v for k, v in summary.items() if not isinstance(v, (dict, list))}})
+    return pd.DataFrame(rows)
+
+
+def _request_mape(out: Path, sim_dir: str, exec_dirs: list[str], column: str) -> float | None:
+    sim = pd.read_parquet(out / sim_dir / "requests.parquet", columns=["request_id", column]).set_index("request_id")
+    apes = []
+    for d in exec_dirs:
+        real = pd.read_parquet(out / d / "requests.parquet", columns=["request_id", column]).set_index("request_id")
+        both = sim.rename(columns={column: f"{column}_sim"}).join(real.rename(columns={column: f"{column}_real"}),
+                                                                 how="inner").dropna()
+        both = both[both[f"{column}_real"] > 0]
+        if len(both):
+            apes.append(float(((both[f"{column}_sim"] - both[f"{column}_real"]).abs() / both[f"{column}_real"]).mean()))
+    return statistics.median(apes) if apes else None
+
+
+def _step_time_error(out: Path, sim_dir: str, exec_dirs: list[str]) -> dict:
+    """The cost model's error on the executor's own steps (identical batches): separates
+    step-time error from scheduling divergence and noise."""
+    try:
+        desc = results.read_json(out / sim_dir / "run.json").get("cost_model")
+        if not desc:
+            return {}
+        from experiments.runner import build_cost_model
+
+        model = build_cost_model(desc)
+    except (OSError, ValueError, KeyError):
+        return {}
+    apes, ratios = [], []
+    for d in exec_dirs:
+        steps = pd.read_parquet(out / d / "steps.parquet")
+        if steps.empty:
+            continue
+        dec_ctx = steps["sum_context_len"] - steps["sum_prefill_context_len"]
+        shapes = zip(steps["num_prefill_requests"], steps["num_prefill_tokens"], steps["num_decode_requests"],
+                     steps["sum_prefill_context_len"], dec_ctx, steps["prefill_attn_pairs"], steps["num_sampled"])
+        pred = pd.Series([model.time_for_shape(tuple(int(v) for v in sh)) for sh in shapes], index=steps.index)
+        real = steps["duration_s"]
+        apes.append(float(((pred - real).abs() / real).mean()))
+        ratios.append(float(pred.sum() / real.sum()))
+    if not apes:
+        return {}
+    return {"step_mape": statistics.median(apes), "step_busy_ratio": statistics.median(ratios)}
+
+
+def compare(out_dir: str | Path) -> dict:
+    """The comparison of a results folder (JSON-ready); empty rows when no variant ran in both."""
+    out = Path(out_dir)
+    runs = load_runs(out)
+    rows: list[dict] = []
+    per_variant: list[dict] = []
+    if runs.empty or not {"sim", "executor"} <= set(runs["engine"]):
+        return {"rows": rows, "variants": per_variant, "rankings": {}, "headline": None}
+    order = list(dict.fromkeys(runs["variant"]))
+    for (variant, seed), group in runs.groupby(["variant", "seed"], sort=False):
+        sim = group[group["engine"] == "sim"]
+        real = group[group["engine"] == "executor"]
+        if sim.empty or real.empty:
+            continue
+        sim_row = sim.iloc[0]
+        entry = {"variant": variant, "seed": int(seed), "rate_scale": float(sim_row.get("rate_scale", 1.0)),
+                 "repeats": int(len(real))}
+        for metric in METRICS + EXTRA_METRICS:
+            if metric not in group:
+                continue
+            measured_all = [float(v) for v in real[metric] if v is not None and not pd.isna(v)]
+            predicted = sim_row.get(metric)
+            predicted = None if predicted is None or pd.isna(predicted) else float(predicted)
+            measured = statistics.median(measured_all) if measured_all else None
+            spread = ((max(measured_all) - min(measured_all)) / measured if measured and len(measured_all) > 1
+                      else None)
+            err = signed_error(predicted, measured)
+            rows.append({"variant": variant, "seed": int(seed), "metric": metric, "headline": metric in METRICS,
+                         "predicted": predicted, "measured": measured, "signed_error": err,
+                         "abs_error": abs(err) if err is not None else None, "spread": spread,
+                         "repeats": len(measured_all)})
+            entry[f"{metric}_predicted"] = predicted
+            entry[f"{metric}_measured"] = measured
+        entry.update(_step_time_error(out, sim_row["dir"], list(real["dir"])))
+        entry["request_mape_ttft"] = _request_mape(out, sim_row["dir"], list(real["dir"]), "ttft_s")
+        entry["request_mape_e2el"] = _request_mape(out, sim_row["dir"], list(real["dir"]), "e2el_s")
+        per_variant.append(entry)
+    per_variant.sort(key=lambda e: (order.index(e["variant"]), e["seed"]))
+
+    rankings = {}
+    for metric, higher_better in RANKINGS.items():
+        pred = [e.get(f"{metric}_predicted") for e in per_variant]
+        meas = [e.get(f"{metric}_measured") for e in per_variant]
+        if len(per_variant) < 2 or any(v is None for v in pred + meas):
+            rankings[metric] = {"tau": None, "same_order": None, "n": len(per_variant)}
+            continue
+        key = (lambda v: -v) if higher_better else (lambda v: v)
+        names = [e["variant"] + (f"@seed{e['seed']}" if len({x['seed'] for x in per_variant}) > 1 else "")
+                 for e in per_variant]
+        sim_order = [names[i] for i in sorted(range(len(pred)), key=lambda i: key(pred[i]))]
+        real_order = [names[i] for i in sorted(range(len(meas)), key=lambda i: key(meas[i]))]
+        rankings[metric] = {"tau": kendall_tau(pred, meas), "same_order": sim_order == real_order,
+                            "sim_order": sim_order, "executor_order": real_order, "n": len(per_variant)}
+
+    headline_errs = [r["abs_error"] for r in rows if r["metric"] in HEADLINE and r["abs_error"] is not None]
+    spreads = [r["spread"] for r in rows if r["metric"] in HEADLINE and r["spread"] is not None]
+    all_errs = [r["abs_error"] for r in rows if r["headline"] and r["abs_error"] is not None]
+    step_mapes = [e["step_mape"] for e in per_variant if e.get("step_mape") is not None]
+    headline = {
+        "metrics": list(HEADLINE),
+        "step_time_mape": statistics.median(step_mapes) if step_mapes else None,
+        "median_abs_error": statistics.median(headline_errs) if headline_errs else None,
+        "max_abs_error": max(headline_errs) if headline_errs else None,
+        "mape_all_headline_metrics": statistics.fmean(all_errs) if all_errs else None,
+        "median_run_to_run_spread": statistics.median(spreads) if spreads else None,
+        "num_variants": len(per_variant),
+        "same_ranking": all(r.get("same_order") for r in rankings.values()) if rankings else None,
+    }
+    return {"rows": rows, "variants": per_variant, "rankings": rankings, "headline": headline}
+
+
+def write_comparison(out_dir: str | Path) -> dict:
+    out = Path(out_dir)
+    comparison = compare(out)
+    results.write_json_atomic(comparison, out / "comparison.json")
+    if comparison["rows"]:
+        from traces.metrics import write_table
+
+        write_table(pd.DataFrame(comparison["rows"]), out / "comparison.csv")
+    return comparison
+
+
+def error_table(comparison: dict) -> pd.DataFrame:
+    """Headline metrics as a wide table: one row per variant, predicted / measured / error."""
+    rows = [r for r in comparison["rows"] if r["headline"]]
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows)
+    df["error_%"] = df["signed_error"] * 100
+    df["spread_%"] = df["spread"] * 100
+    return df[["variant", "seed", "metric", "predicted", "measured", "error_%", "spread_%", "repeats"]]

@@ -1,0 +1,206 @@
+"""`folovllm sim`: replay a trace (file or generated preset) through the simulator."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+
+import click
+
+from policy import SchedulerConfig
+from policy.config import BATCHING_MODES, KV_LAYOUTS, QUEUE_POLICIES
+
+
+def _parse_params(pairs: tuple[str, ...]) -> dict:
+    import yaml
+
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r}: expected KEY=VALUE", param_hint="--param")
+        params[key.replace("-", "_")] = yaml.safe_load(value)
+    return params
+
+
+def _load_trace(trace: str | None, preset: str | None, trace_format: str | None, seed: int, params: dict):
+    import traces
+
+    if (trace is None) == (preset is None):
+        raise click.UsageError("give exactly one of --trace FILE or --preset NAME")
+    if trace is not None:
+        if params:
+            raise click.UsageError("--param only applies to --preset")
+        return traces.load(trace, format=trace_format)
+    return traces.generate(preset, seed=seed, **params)
+
+
+def summary_rows(summary: dict) -> list[tuple[str, str]]:
+    """The headline numbers, formatted for humans (the JSON keeps full precision)."""
+
+    def ms(key: str) -> str:
+        value = summary.get(key)
+        return "-" if value is None else f"{1e3 * value:.2f}"
+
+    def num(key: str, fmt: str = "{:.2f}") -> str:
+        value = summary.get(key)
+        return "-" if value is None else fmt.format(value)
+
+    rows = [
+        ("requests finished/aborted/rejected",
+         f"{summary['num_finished']}/{summary['num_aborted']}/{summary['num_rejected']} of {summary['num_requests']}"),
+        ("makespan (s)", num("makespan_s", "{:.3f}")),
+        ("request throughput (req/s)", num("request_throughput", "{:.3f}")),
+        ("output throughput (tok/s)", num("output_throughput", "{:.1f}")),
+        ("total token throughput (tok/s)", num("total_token_throughput", "{:.1f}")),
+    ]
+    if "goodput" in summary:
+        slo = ", ".join(f"{k.removesuffix('_s').upper()}<={1e3 * v:g}ms" for k, v in summary.get("slo", {}).items())
+        rows.append((f"goodput (req/s) {slo}", num("goodput", "{:.3f}")))
+    for name, label in (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2el", "E2EL"), ("queue", "queueing")):
+        rows.append((f"{label} ms mean/p50/p90/p99",
+                     "/".join(ms(f"{name}_{s}_s") for s in ("mean", "p50", "p90", "p99"))))
+    rows += [
+        ("KV usage time-weighted mean / max", f"{num('kv_usage_mean', '{:.3f}')} / {num('kv_usage_max', '{:.3f}')}"),
+        ("prefix hit rate (tokens)", num("prefix_hit_rate", "{:.3f}")),
+        ("preemptions (events / requests)", f"{summary['num_preemptions']} / {summary['num_preempted_requests']}"),
+        ("steps", str(summary["num_steps"])),
+    ]
+    return rows
+
+
+def print_summary(summary: dict, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for label, value in summary_rows(summary):
+        table.add_row(label, value)
+    Console().print(table)
+
+
+@click.command(name="sim")
+@click.option("--trace", "trace", type=click.Path(exists=True, dir_okay=True), help="Trace file (any format traces.load reads).")
+@click.option("--trace-format", default=None, help="Force the trace format instead of detecting it.")
+@click.option("--preset", default=None, help="Generate a trace instead: nano-vllm, poisson, azure-conv-like, ...")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Generator parameter (repeatable).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generated trace.")
+@click.option("--limit", default=None, type=click.IntRange(min=1), help="Replay only the first N requests.")
+@click.option("--model", default="llama-3-8b", show_default=True, help="Model preset name or HF model directory.")
+@click.option("--hardware", default="h100-sxm", show_default=True, help="Hardware preset or hardware .json.")
+@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16", show_default=True)
+@click.option("--weight-bits", type=click.Choice(["16", "4"]), default=None,
+              help="Linear-layer weight bits (4 = GPTQ). Default: 4 if the model dir says GPTQ, else 16.")
+@click.option("--cost-model", default="roofline", show_default=True, help="'roofline' or a profile .json.")
+@click.option("--max-num-seqs", default=128, show_default=True, type=int)
+@click.option("--max-num-batched-tokens", default=2048, show_default=True, type=int)
+@click.option("--max-model-len", default=None, type=int, help="Default: the model's max positions, capped at 8192.")
+@click.option("--block-size", default=16, show_default=True, type=int)
+@click.option("--no-chunked-prefill", is_flag=True, help="Disable chunked prefill.")
+@click.option("--long-prefill-token-threshold", default=0, show_default=True, type=int)
+@click.option("--no-prefix-caching", is_flag=True, help="Disable the prefix cache.")
+@click.option("--policy", type=click.Choice(QUEUE_POLICIES), default="fcfs", show_default=True)
+@click.option("--batching", type=click.Choice(BATCHING_MODES), default="continuous", show_default=True)
+@click.option("--kv-layout", type=click.Choice(KV_LAYOUTS), default="paged", show_default=True)
+@click.option("--num-blocks", default=None, type=click.IntRange(min=1), help="KV pool size (overrides memory sizing).")
+@click.option("--gpu-memory-utilization", default=0.9, show_default=True, type=float)
+@click.option("--slo-ttft-ms", default=None, type=float, help="Goodput SLO on TTFT (ms).")
+@click.option("--slo-tpot-ms", default=None, type=float, help="Goodput SLO on TPOT (ms).")
+@click.option("--slo-e2el-ms", default=None, type=float, help="Goodput SLO on E2EL (ms).")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Write results here.")
+@click.option("--format", "formats", default="parquet,csv", show_default=True, help="Table formats to write.")
+@click.option("--token-times", is_flag=True, help="Also write every output token's time (tokens.*).")
+@click.option("--quiet", is_flag=True, help="No progress bar, no summary table.")
+def sim(trace, trace_format, preset, params, seed, limit, model, hardware, dtype, weight_bits, cost_model,
+        max_num_seqs, max_num_batched_tokens, max_model_len, block_size, no_chunked_prefill,
+        long_prefill_token_threshold, no_prefix_caching, policy, batching, kv_layout, num_blocks,
+        gpu_memory_utilization, slo_ttft_ms, slo_tpot_ms, slo_e2el_ms, out_dir, formats, token_times, quiet):
+    """Replay a trace through the discrete-event simulator and print/write its metrics."""
+    from sim.cost.base import load_cost_model
+    from sim.engine import SimulationStalled, simulate
+    from sim.hardware import get_hardware, kv_blocks_for
+    from sim.models import get_model_shape, gptq_bits_from_hf_config
+
+    try:
+        shape = get_model_shape(model)
+        gptq = gptq_bits_from_hf_config(model) if Path(model).exists() else None
+        bits = int(weight_bits) if weight_bits else (gptq[0] if gptq else 16)
+        prefix_caching = not no_prefix_caching
+        if kv_layout == "contiguous" and prefix_caching:
+            prefix_caching = False
+            if not quiet:
+                click.echo("note: --kv-layout contiguous has no prefix cache; prefix caching turned off", err=True)
+        if max_model_len is None:
+            max_model_len = min(shape.max_position_embeddings, 8192)
+        if num_blocks is None:
+            hw = get_hardware(hardware)
+            num_blocks = kv_blocks_for(shape, hw, gpu_memory_utilization, block_size, dtype, weight_bits=bits,
+                                       max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs)
+        config = SchedulerConfig(
+            num_blocks=num_blocks, block_size=block_size, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens, enable_chunked_prefill=not no_chunked_prefill,
+            long_prefill_token_threshold=long_prefill_token_threshold, enable_prefix_caching=prefix_caching,
+            policy=policy, batching=batching, kv_layout=kv_layout,
+        )
+        costs = load_cost_model(cost_model, model=model, hardware=hardware, dtype=dtype, weight_bits=bits)
+        fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
+        bad = [f for f in fmts if f not in ("parquet", "csv")]
+        if bad:
+            raise ValueError(f"--format {formats!r}: unknown format(s) {bad}; supported are parquet, csv")
+        table = _load_trace(trace, preset, trace_format, seed, _parse_params(params))
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+    requests = table.iter_requests(block_size=block_size, vocab_size=shape.vocab_size)
+    n_total = len(table)
+    if limit is not None and limit < n_total:
+        requests = itertools.islice(requests, limit)
+        n_total = limit
+    if not quiet:
+        for note in getattr(table, "notes", None) or []:
+            click.echo(f"trace note: {note}", err=True)
+        from sim.cost.profiled import ProfiledCostModel, format_fit_report
+
+        if isinstance(costs, ProfiledCostModel):
+            click.echo(format_fit_report(costs), err=True)
+        click.echo(f"simulating {n_total} requests: {shape.name} on {hardware} ({dtype}, {bits}-bit weights), "
+                   f"{num_blocks} KV blocks of {block_size}, cost model {cost_model}", err=True)
+    progress = not quiet and sys.stderr.isatty()
+    try:
+        result = simulate(_Sized(requests, n_total), config, costs, progress=progress)
+    except (ValueError, SimulationStalled) as exc:
+        raise click.ClickException(str(exc)) from None
+    result.with_slo(
+        slo_ttft_s=None if slo_ttft_ms is None else slo_ttft_ms / 1e3,
+        slo_tpot_s=None if slo_tpot_ms is None else slo_tpot_ms / 1e3,
+        slo_e2el_s=None if slo_e2el_ms is None else slo_e2el_ms / 1e3,
+    )
+    summary = result.summary
+    if summary["num_requests"] != n_total:
+        raise click.ClickException(f"internal error: {n_total} requests in, {summary['num_requests']} recorded")
+    if out_dir is not None:
+        result.write(out_dir, formats=fmts, token_times=token_times)
+    if not quiet:
+        print_summary(summary, f"folovllm sim: {trace or preset}")
+        steps = summary["num_steps"]
+        click.echo(f"wall {result.wall_s:.2f}s: {n_total / max(result.wall_s, 1e-9):.0f} requests/s, "
+                   f"{steps / max(result.wall_s, 1e-9):.0f} steps/s", err=True)
+        if out_dir is not None:
+            click.echo(f"wrote {out_dir}", err=True)
+
+
+class _Sized:
+    """An iterable with a known length (for the progress bar), consumed once."""
+
+    def __init__(self, iterable, n: int) -> None:
+        self._it = iterable
+        self._n = n
+
+    def __iter__(self):
+        return iter(self._it)
+
+    def __len__(self) -> int:
+        return self._n

@@ -1,0 +1,70 @@
+"""The one interface every step cost model implements, and the simplest model of all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from policy.plan import SchedulerOutput
+from traces.timeline import plan_shape
+
+
+class CostModel:
+    """`step_time(plan) -> seconds`. Subclasses implement `time_for_shape(shape)`, where
+    `shape = traces.timeline.plan_shape(plan)`; the engine calls that directly with the shape
+    it already computed for the step record."""
+
+    def step_time(self, plan: SchedulerOutput) -> float:
+        return self.time_for_shape(plan_shape(plan))
+
+    def time_for_shape(self, shape: tuple) -> float:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """What the model is, as JSON-ready data (written next to the results)."""
+        return {"kind": type(self).__name__}
+
+
+class ConstantCostModel(CostModel):
+    """`step_s` per step plus optional per-token and per-request terms: for tests and
+    back-of-the-envelope runs whose timings can be computed by hand."""
+
+    def __init__(self, step_s: float, per_token_s: float = 0.0, per_request_s: float = 0.0) -> None:
+        if step_s < 0 or per_token_s < 0 or per_request_s < 0 or step_s + per_token_s + per_request_s <= 0:
+            raise ValueError(
+                f"ConstantCostModel(step_s={step_s}, per_token_s={per_token_s}, per_request_s={per_request_s}): "
+                "terms must be >= 0 and not all zero"
+            )
+        self.step_s = step_s
+        self.per_token_s = per_token_s
+        self.per_request_s = per_request_s
+
+    def time_for_shape(self, shape: tuple) -> float:
+        n_pre, pre_tok, n_dec = shape[0], shape[1], shape[2]
+        return self.step_s + self.per_token_s * (pre_tok + n_dec) + self.per_request_s * (n_pre + n_dec)
+
+    def describe(self) -> dict:
+        return {"kind": "constant", "step_s": self.step_s, "per_token_s": self.per_token_s,
+                "per_request_s": self.per_request_s}
+
+
+def load_cost_model(
+    spec: str,
+    *,
+    model: str | None = None,
+    hardware: str | None = None,
+    dtype: str = "bf16",
+    weight_bits: int = 16,
+) -> CostModel:
+    """`"roofline"` (needs model and hardware) or the path of a profile JSON."""
+    if spec == "roofline":
+        from sim.cost.roofline import RooflineCostModel
+
+        if model is None or hardware is None:
+            raise ValueError("the roofline cost model needs a model and a hardware name")
+        return RooflineCostModel.from_names(model=model, hardware=hardware, dtype=dtype, weight_bits=weight_bits)
+    path = Path(spec)
+    if path.suffix == ".json" or path.exists():
+        from sim.cost.profiled import ProfiledCostModel
+
+        return ProfiledCostModel.load(path)
+    raise ValueError(f"cost model {spec!r}: expected 'roofline' or the path of a profile .json file")

@@ -1,0 +1,78 @@
+"""What a simulation returns: the timelines, and the tables and summary computed from them
+by `traces.metrics` (the same code the executor's results go through)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from policy import SchedulerConfig
+from traces import metrics
+from traces.timeline import TimelineRecorder
+
+
+@dataclass
+class SimResult:
+    recorder: TimelineRecorder
+    scheduler_config: SchedulerConfig
+    cost_model: dict
+    scheduler_stats: dict = field(default_factory=dict)
+    wall_s: float = 0.0  # host time the loop took; printed, never written (outputs stay reproducible)
+    slo: dict = field(default_factory=dict)  # e.g. {"slo_ttft_s": 1.0, "slo_tpot_s": 0.05}
+
+    @cached_property
+    def requests_df(self) -> pd.DataFrame:
+        return metrics.requests_table(self.recorder.timelines)
+
+    @cached_property
+    def steps_df(self) -> pd.DataFrame:
+        return metrics.steps_table(self.recorder.steps)
+
+    @cached_property
+    def itl(self) -> np.ndarray:
+        return metrics.itl_gaps(self.recorder.timelines)
+
+    @cached_property
+    def summary(self) -> dict:
+        out = metrics.summarize(self.requests_df, self.steps_df, self.itl, **self.slo)
+        queried = self.scheduler_stats.get("prefix_queries_tokens", 0)
+        out["scheduler_prefix_hit_rate"] = (
+            self.scheduler_stats.get("prefix_hit_tokens", 0) / queried if queried else None
+        )
+        out["scheduler_num_preemptions"] = self.scheduler_stats.get("num_preemptions")
+        out["sim_time_s"] = self.recorder.steps[-1].start_s + self.recorder.steps[-1].duration_s if self.recorder.steps else 0.0
+        return out
+
+    def with_slo(self, **slo: float | None) -> "SimResult":
+        """Set goodput SLOs (slo_ttft_s, slo_tpot_s, slo_e2el_s); drops a cached summary."""
+        unknown = set(slo) - {"slo_ttft_s", "slo_tpot_s", "slo_e2el_s"}
+        if unknown:
+            raise ValueError(f"unknown SLO name(s) {sorted(unknown)}; known: slo_ttft_s, slo_tpot_s, slo_e2el_s")
+        self.slo = {k: v for k, v in slo.items() if v is not None}
+        self.__dict__.pop("summary", None)
+        return self
+
+    def write(self, out_dir: str | Path, *, formats: tuple[str, ...] = ("parquet", "csv"),
+              token_times: bool = False) -> Path:
+        """requests.*, steps.* (one file per format), summary.json and run.json (the inputs
+        that produced them), each written atomically. Deterministic byte for byte."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for fmt in formats:
+            if fmt not in ("parquet", "csv"):
+                raise ValueError(f"format {fmt!r}: supported are parquet, csv")
+            metrics.write_table(self.requests_df, out / f"requests.{fmt}")
+            metrics.write_table(self.steps_df, out / f"steps.{fmt}")
+            if token_times:
+                metrics.write_table(metrics.token_times_table(self.recorder.timelines), out / f"tokens.{fmt}")
+        metrics.write_json(self.summary, out / "summary.json")
+        metrics.write_json(
+            {"engine": "sim", "scheduler_config": self.scheduler_config.to_dict(), "cost_model": self.cost_model,
+             "slo": self.slo},
+            out / "run.json",
+        )
+        return out

@@ -1,0 +1,108 @@
+"""The runner: results keyed by their inputs, resumable, reused when unchanged, atomic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from experiments.runner import plan_jobs, run_spec
+from experiments.spec import SpecError, load_spec
+
+
+def sim_spec(tmp_path: Path, **over) -> Path:
+    data = {
+        "name": "resume",
+        "trace": {"preset": "poisson", "params": {"num_requests": 24, "rate": 8.0}, "max_prompt_len": 256,
+                  "max_output_len": 32},
+        "model": "qwen3-0.6b",
+        "hardware": "h100-sxm",
+        "cost_model": "roofline",
+        "engines": ["sim"],
+        "base": {"max_model_len": 1024},
+        "variants": [{"name": "cont"}, {"name": "static", "batching": "static"}],
+        "grid": {"max_num_seqs": [2, 8]},
+    }
+    data.update(over)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _stat(run_dir: Path) -> dict:
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(run_dir.iterdir())}
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_without_redoing_finished_variants(tmp_path):
+    spec = load_spec(sim_spec(tmp_path))
+    out = tmp_path / "out"
+    finished = []
+
+    def fail_after_first(job):
+        finished.append(job)
+        raise Interrupt("injected failure after the first variant")
+
+    with pytest.raises(Interrupt):
+        run_spec(spec, out, workers=1, progress=False, on_job_done=fail_after_first)
+    runs = sorted(p for p in (out / "runs").iterdir())
+    assert [p.name for p in runs] == [finished[0].dirname]  # exactly one finished, no half-written folder
+    before = _stat(runs[0])
+
+    report = run_spec(spec, out, workers=1, progress=False)
+    assert len(report.reused) == 1 and len(report.ran) == 3
+    assert _stat(runs[0]) == before  # not rewritten: same inode and mtime for every file
+    index = json.loads((out / "index.json").read_text())["jobs"]
+    assert len(index) == 4
+    for job in index:
+        summary = json.loads((out / job["dir"] / "summary.json").read_text())
+        assert summary["num_finished"] == 24
+
+
+def test_changed_variant_reruns_and_unchanged_ones_are_reused(tmp_path):
+    out = tmp_path / "out"
+    first = run_spec(load_spec(sim_spec(tmp_path)), out, workers=1, progress=False)
+    assert len(first.ran) == 4
+    # Renaming a variant changes nothing about its inputs; changing a knob does.
+    spec = load_spec(sim_spec(tmp_path, variants=[{"name": "continuous"},
+                                                  {"name": "static", "batching": "static", "max_model_len": 2048}]))
+    second = run_spec(spec, out, workers=1, progress=False)
+    assert sorted(j.variant.name for j in second.reused) == ["continuous/max_num_seqs=2", "continuous/max_num_seqs=8"]
+    assert sorted(j.variant.name for j in second.ran) == ["static/max_num_seqs=2", "static/max_num_seqs=8"]
+
+
+def test_keys_cover_the_inputs(tmp_path):
+    keys = {j.variant.name: j.key for j in plan_jobs(load_spec(sim_spec(tmp_path)))}
+    assert len(set(keys.values())) == 4
+    other_seed = {j.variant.name: j.key for j in plan_jobs(load_spec(sim_spec(tmp_path, seeds=[1])))}
+    assert not set(keys.values()) & set(other_seed.values())
+    other_hw = {j.key for j in plan_jobs(load_spec(sim_spec(tmp_path, hardware="a100-80g")))}
+    assert not set(keys.values()) & other_hw
+    assert keys == {j.variant.name: j.key for j in plan_jobs(load_spec(sim_spec(tmp_path)))}  # deterministic
+
+
+def test_parallel_workers_give_the_same_results(tmp_path):
+    spec = load_spec(sim_spec(tmp_path))
+    run_spec(spec, tmp_path / "serial", workers=1, progress=False)
+    run_spec(spec, tmp_path / "parallel", workers=2, progress=False)
+    for job in json.loads((tmp_path / "serial" / "index.json").read_text())["jobs"]:
+        a = (tmp_path / "serial" / job["dir"] / "summary.json").read_text()
+        b = (tmp_path / "parallel" / job["dir"] / "summary.json").read_text()
+        assert a == b
+
+
+def test_ray_without_ray_installed_is_a_clear_error(tmp_path):
+    pytest.importorskip("yaml")
+    try:
+        import ray  # noqa: F401
+
+        pytest.skip("ray is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(SpecError, match="--ray needs the optional 'ray' package"):
+        run_spec(load_spec(sim_spec(tmp_path)), tmp_path / "out", ray_address="auto", progress=False)
