@@ -101,14 +101,17 @@ class Request:
     def check_stop(self, max_model_len: int) -> RequestStatus | None:
         """The stop rule after appending one token (vLLM order): min_tokens guards the
         eos and stop-token checks; length caps always apply."""
-        n_out = self.num_output_tokens
+        # Hot path (every sampled token of every request): locals instead of properties.
+        all_ids = self.all_token_ids
+        n_tokens = len(all_ids)
+        n_out = n_tokens - len(self.prompt_token_ids)
         if n_out >= self.min_tokens:
-            last = self.all_token_ids[-1]
-            if not self.ignore_eos and self.eos_token_id is not None and last == self.eos_token_id:
+            last = all_ids[-1]
+            if last == self.eos_token_id and not self.ignore_eos:
                 return RequestStatus.FINISHED_STOPPED
-            if last in self.stop_token_ids:
+            if self.stop_token_ids and last in self.stop_token_ids:
                 self.stop_token = last
                 return RequestStatus.FINISHED_STOPPED
-        if n_out >= self.max_tokens or self.num_tokens >= max_model_len:
+        if n_out >= self.max_tokens or n_tokens >= max_model_len:
             return RequestStatus.FINISHED_LENGTH_CAPPED
         return None
