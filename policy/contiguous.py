@@ -27,7 +27,7 @@ class ContiguousKVCacheManager:
             )
         self.free_regions = list(range(self.num_regions - 1, -1, -1))  # pop() gives region 0 first
         self.region_of: dict[str, int] = {}
-        self.used_tokens: dict[str, int] = {}
+        self.holders: dict[str, Request] = {}
         self.stats = PrefixCacheStats()
 
     @property
@@ -38,6 +38,12 @@ class ContiguousKVCacheManager:
     def num_used_blocks(self) -> int:
         """Blocks reserved by requests (used or not): what the pool can no longer give out."""
         return len(self.region_of) * self.region_blocks
+
+    @property
+    def used_tokens(self) -> dict[str, int]:
+        """Tokens each holder has in its region (its computed tokens, read live: the
+        scheduler skips the manager on decodes that need no new block)."""
+        return {rid: r.num_computed_tokens for rid, r in self.holders.items()}
 
     @property
     def num_reserved_unused_blocks(self) -> int:
@@ -77,15 +83,14 @@ class ContiguousKVCacheManager:
         keep_free_blocks: int = 0,
     ) -> list[int] | None:
         rid = request.request_id
-        total = request.num_computed_tokens + num_new_computed_tokens + num_new_tokens
         if rid in self.region_of:
-            self.used_tokens[rid] = total
             return []
         if not self.free_regions or self.region_blocks + keep_free_blocks > self.num_free_blocks:
             return None
         region = self.free_regions.pop()
+        request.num_kv_slots = self.region_blocks * self.block_size
         self.region_of[rid] = region
-        self.used_tokens[rid] = total
+        self.holders[rid] = request
         return self._region_ids(region)
 
     def unpublish_uncomputed(self, request: Request, num_computed_tokens: int) -> None:
@@ -93,8 +98,9 @@ class ContiguousKVCacheManager:
 
     def free(self, request: Request) -> None:
         region = self.region_of.pop(request.request_id, None)
+        request.num_kv_slots = 0
         if region is not None:
-            del self.used_tokens[request.request_id]
+            del self.holders[request.request_id]
             self.free_regions.append(region)
 
     def fork(self, parent: Request, child: Request) -> int:

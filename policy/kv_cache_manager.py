@@ -158,6 +158,7 @@ class KVCacheManager:
         new_ids = [b.block_id for b in new_blocks]
         table.blocks.extend(new_blocks)
         table.block_ids.extend(new_ids)
+        request.num_kv_slots = len(table.blocks) * bs
         if self.enable_caching:
             self._cache_full_blocks(request, table, total)
         if new_computed_blocks:
@@ -200,6 +201,7 @@ class KVCacheManager:
         """Release the request's blocks tail first, so its tail is evicted before its prefix
         (the prefix is the part other requests are likely to share)."""
         table = self.tables.pop(request.request_id, None)
+        request.num_kv_slots = 0
         if table is not None:
             self.pool.free_blocks(reversed(table.blocks))
 
@@ -221,6 +223,7 @@ class KVCacheManager:
         table.blocks = list(shared)
         table.block_ids = [b.block_id for b in shared]
         table.num_cached = min(num_full, parent_table.num_cached) if parent_table else 0
+        child.num_kv_slots = len(shared) * self.block_size
         return len(shared) * self.block_size
 
     def reset_prefix_cache(self) -> bool:

@@ -66,6 +66,9 @@ class Request:
     num_computed_tokens: int = 0
     num_cached_tokens: int = -1  # prefix-cache hit at first admission; -1 before that
     num_preemptions: int = 0
+    # Token slots the KV manager holds for this request (blocks x block size). Kept here so
+    # the scheduler can see that a decode fits its last block without a manager call.
+    num_kv_slots: int = 0
     block_hashes: list[bytes] = field(default_factory=list)
     finish_reason: str | None = None
     stop_token: int | None = None

@@ -17,6 +17,7 @@ from policy.queues import make_queue
 from policy.request import FINISH_REASONS, Request, RequestRejected, RequestStatus
 
 _RUNNING = RequestStatus.RUNNING
+_NO_BLOCKS: list[int] = []  # shared and never mutated: rows that append no block
 
 
 class Scheduler:
@@ -136,6 +137,7 @@ class Scheduler:
         kv = self.kv
         budget = cfg.max_num_batched_tokens
         threshold = cfg.long_prefill_token_threshold
+        block_size = cfg.block_size
         rows: list[ScheduledRequest] = []
         preempted: list[str] = []
         needs_table = self._needs_table
@@ -154,7 +156,12 @@ class Scheduler:
             if n <= 0:
                 i += 1
                 continue
-            new_ids = kv.allocate_slots(req, n)
+            if n == 1 and computed < req.num_kv_slots and (computed + 1) % block_size:
+                # A decode that fits its last block without filling it: nothing to
+                # allocate and no block to publish, so skip the manager (the hot path).
+                new_ids = _NO_BLOCKS
+            else:
+                new_ids = kv.allocate_slots(req, n)
             while new_ids is None:
                 victim = self._pick_victim()
                 vi = running.index(victim)
@@ -276,6 +283,11 @@ class Scheduler:
         """Append each sampled token, apply the stop rule, and free finished requests.
         `sampled_token_ids[i]` belongs to `plan.scheduled[i]` and is read only for rows
         that sample."""
+        if len(sampled_token_ids) != len(plan.scheduled):
+            raise ValueError(
+                f"update_from_output: plan {plan.step_id} has {len(plan.scheduled)} rows but "
+                f"{len(sampled_token_ids)} sampled tokens were given (one entry per row, None for rows that do not sample)"
+            )
         requests = self.requests
         max_len = self.config.max_model_len
         new_tokens: list[tuple[str, int]] = []
