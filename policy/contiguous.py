@@ -56,6 +56,11 @@ class ContiguousKVCacheManager:
     def blocks_for_tokens(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
+    @property
+    def max_blocks_per_request(self) -> int:
+        """A request lives in one region, whatever else is free."""
+        return self.region_blocks
+
     def _region_ids(self, region: int) -> list[int]:
         start = region * self.region_blocks
         return list(range(start, start + self.region_blocks))

@@ -14,7 +14,7 @@ from policy.block_pool import BlockPool, KVCacheBlock
 from policy.hashing import extend_block_hashes
 from policy.request import Request
 
-_NO_BLOCKS: list[int] = []
+NO_BLOCKS: list[int] = []  # shared and never mutated: allocations that append no block
 
 
 @dataclass
@@ -70,6 +70,11 @@ class KVCacheManager:
 
     def blocks_for_tokens(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
+
+    @property
+    def max_blocks_per_request(self) -> int:
+        """The most blocks one request can ever hold: the whole pool."""
+        return self.pool.num_blocks
 
     def get_block_ids(self, request_id: str) -> list[int]:
         table = self.tables.get(request_id)
@@ -133,7 +138,7 @@ class KVCacheManager:
             # Fast path (almost every decode step): the last block still has room.
             if self.enable_caching and (total if total < request.num_tokens else request.num_tokens) // bs > table.num_cached:
                 self._cache_full_blocks(request, table, total)
-            return _NO_BLOCKS
+            return NO_BLOCKS
         num_new = max(num_new, 0)
         num_revived = 0
         for block in new_computed_blocks:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from policy.config import SchedulerConfig
 from policy.contiguous import ContiguousKVCacheManager
-from policy.kv_cache_manager import KVCacheManager, PrefixCacheStats
+from policy.kv_cache_manager import NO_BLOCKS, KVCacheManager, PrefixCacheStats
 from policy.plan import ScheduledRequest, SchedulerOutput, StepResult
 from policy.queues import make_queue
 from policy.request import FINISH_REASONS, Request, RequestRejected, RequestStatus
 
 _RUNNING = RequestStatus.RUNNING
-_NO_BLOCKS: list[int] = []  # shared and never mutated: rows that append no block
 
 
 class Scheduler:
@@ -63,7 +62,7 @@ class Scheduler:
                 f"within max_model_len={cfg.max_model_len}"
             )
         longest = min(request.num_prompt_tokens + request.max_tokens, cfg.max_model_len)
-        capacity = self.kv.region_blocks if isinstance(self.kv, ContiguousKVCacheManager) else cfg.num_blocks
+        capacity = self.kv.max_blocks_per_request
         if self.kv.blocks_for_tokens(longest) > capacity:
             raise RequestRejected(
                 f"request {rid!r}: up to {longest} tokens need {self.kv.blocks_for_tokens(longest)} KV blocks "
@@ -159,7 +158,7 @@ class Scheduler:
             if n == 1 and computed < req.num_kv_slots and (computed + 1) % block_size:
                 # A decode that fits its last block without filling it: nothing to
                 # allocate and no block to publish, so skip the manager (the hot path).
-                new_ids = _NO_BLOCKS
+                new_ids = NO_BLOCKS
             else:
                 new_ids = kv.allocate_slots(req, n)
             while new_ids is None:

@@ -150,14 +150,10 @@ def _table(name: str, arrivals, prompt, output, notes, **extra) -> TraceTable:
     return TraceTable.from_dataframe(pd.DataFrame(data), name=name, source=f"generated:{name}", notes=notes)
 
 
-def _arrivals(n: int, rate: float, cv: float, rng) -> np.ndarray:
-    return gamma_arrivals(n, rate, cv, rng)
-
-
 def gen_random(name, num_requests=1000, rate=1.0, cv=1.0, prompt="uniform:100:1024", output="uniform:100:1024", seed=0, **_):
     rng = np.random.default_rng(seed)
     p, o = LengthDist.parse(prompt), LengthDist.parse(output)
-    arrivals = _arrivals(num_requests, rate, cv, rng)
+    arrivals = gamma_arrivals(num_requests, rate, cv, rng)
     note = f"{name}: {num_requests} requests, rate {rate}/s, cv {cv}, prompt {prompt}, output {output}, seed {seed}"
     return _table(name, arrivals, p.sample(num_requests, rng), o.sample(num_requests, rng), [note])
 
@@ -181,7 +177,7 @@ def gen_shared_prefix(num_groups=8, prompts_per_group=16, system_prompt_len=512,
         hashes.append(shared + own)
     note = (f"shared-prefix: {num_groups} groups x {prompts_per_group} prompts, system prompt {system_prompt_len} "
             f"+ question {question_len} tokens, output {output_len}, seed {seed}")
-    return _table("shared-prefix", _arrivals(n, rate, cv, rng), np.full(n, prompt_len), np.full(n, output_len), [note],
+    return _table("shared-prefix", gamma_arrivals(n, rate, cv, rng), np.full(n, prompt_len), np.full(n, output_len), [note],
                   session_id=groups.astype(str), block_hashes=hashes, hash_block_size=np.full(n, STRUCT_BLOCK))
 
 
