@@ -8,6 +8,12 @@ Part 1 — throughput. One workload (64 requests, prompts U[8, 32] tokens, log-n
 Output tokens/s (useful tokens only), median over repeats, per wall-clock second and per
 CPU second of this process (the second is robust to other processes sharing the cores).
 
+Part 1b — decode step cost (`--step-cost`). CPU seconds of one decode step at batch
+1..64 (SmolLM2, prompts of 16 tokens): a fixed part (reading ~0.5 GB of float32 weights and the
+per-step work) plus a part per row. The fit explains the throughput ratios above: static
+batching loses only the fixed part of the steps it runs with a half-empty batch, and with 64
+requests both systems end on the same long-output tail.
+
 Part 2 — KV capacity. Azure-conversation-like lengths (the real Azure 2023 conv trace when
 present, else `traces.generate("azure-conv-like")`), max_model_len 4096, one KV budget of
 8 max-length requests, all requests queued at t=0, replayed through the engine (a tiny model:
@@ -105,6 +111,7 @@ def run_throughput(args) -> dict:
     per_cpu_s: dict[str, list[float]] = {"continuous": [], "static": [], "hf-static": []}
     hf = HFStaticBatchRunner(model_dir, device=args.device, dtype=dtype)
     hf.run(prompts[:2], [2, 2], batch_size=2)  # warm-up
+    steps: dict[str, int] = {}
     reference = None
     for rep in range(args.repeats):
         for mode in ("continuous", "static"):
@@ -120,6 +127,7 @@ def run_throughput(args) -> dict:
                 print(f"  warning: {mode} outputs differ from the first run", flush=True)
             results[mode].append(got / dt)
             per_cpu_s[mode].append(got / cpu)
+            steps[mode] = engine.stats.num_steps
             print(f"  rep {rep} {mode:>10}: {dt:7.1f} s wall {cpu:7.1f} s cpu  {got / dt:7.1f} out tok/s  "
                   f"{got / cpu:7.1f} per cpu-s  steps={engine.stats.num_steps}", flush=True)
         c0 = time.process_time()
@@ -134,12 +142,80 @@ def run_throughput(args) -> dict:
     med_cpu = {k: statistics.median(v) for k, v in per_cpu_s.items()}
     return {"workload": {"num_requests": len(prompts), "batch_size": args.batch_size,
                          "prompt_tokens": sum(map(len, prompts)), "output_tokens": useful},
-            "tok_per_s": results, "median_tok_per_s": med,
+            "tok_per_s": results, "median_tok_per_s": med, "engine_steps": steps,
             "tok_per_cpu_s": per_cpu_s, "median_tok_per_cpu_s": med_cpu,
             "speedup_vs_hf": med["continuous"] / med["hf-static"],
             "speedup_vs_static_policy": med["continuous"] / med["static"],
             "cpu_speedup_vs_hf": med_cpu["continuous"] / med_cpu["hf-static"],
             "cpu_speedup_vs_static_policy": med_cpu["continuous"] / med_cpu["static"]}
+
+
+def predicted_cpu_ms(prompt_lens: list[int], out_lens: list[int], batch: int, fixed_ms: float,
+                     row_ms: float) -> dict[str, float]:
+    """Predicted CPU ms of each system with step cost = fixed + row_ms * rows (prefill tokens are rows).
+
+    continuous: a free slot is refilled at the next step; static: a batch of `batch` requests runs
+    until its longest one ends, finished requests leave the batch; hf-static: the same batches,
+    prompts left-padded to the longest and every row computed until the longest output ends.
+    """
+    pending, running, cont = list(range(len(out_lens))), {}, 0.0
+    while pending or running:
+        decodes, prefill = len(running), 0    # a newly admitted request's prefill samples its first token
+        while pending and len(running) < batch:
+            i = pending.pop(0)
+            running[i], prefill = out_lens[i], prefill + prompt_lens[i]
+        cont += fixed_ms + row_ms * (decodes + prefill)
+        for i in list(running):
+            running[i] -= 1
+            if running[i] == 0:
+                del running[i]
+    static = hf = 0.0
+    for b in range(0, len(out_lens), batch):
+        outs, prompts = out_lens[b:b + batch], prompt_lens[b:b + batch]
+        static += fixed_ms + row_ms * sum(prompts)
+        static += sum(fixed_ms + row_ms * sum(o > s for o in outs) for s in range(1, max(outs)))
+        hf += fixed_ms + row_ms * max(prompts) * len(prompts) + (max(outs) - 1) * (fixed_ms + row_ms * len(outs))
+    return {"continuous": cont, "static": static, "hf-static": hf}
+
+
+def run_step_cost(args) -> dict:
+    from executor.engine import LLMEngine
+    from executor.models_registry import resolve_model
+    from executor.sampler import SamplingParams
+
+    engine = LLMEngine(resolve_model(args.model), device=args.device, dtype=torch.float32, kv_cache_memory=2**30,
+                       max_model_len=1024, max_num_seqs=64, max_num_batched_tokens=4096, load_tokenizer=False)
+    engine.warmup()
+    decode_steps = 32
+    rows = []
+    for batch in (1, 2, 4, 8, 16, 32, 64):
+        prompts = [[100 + i + j for j in range(16)] for i in range(batch)]
+        samples = []
+        for _ in range(args.repeats):
+            cpu = []
+            for out in (1, 1 + decode_steps):  # the difference is decode_steps pure decode steps
+                c0 = time.process_time()
+                engine.generate(prompts, [SamplingParams(temperature=0.0, max_tokens=out, ignore_eos=True)] * batch)
+                cpu.append(time.process_time() - c0)
+            samples.append((cpu[1] - cpu[0]) / decode_steps)
+        step = statistics.median(samples)
+        rows.append({"batch": batch, "step_ms": 1e3 * step, "per_row_ms": 1e3 * step / batch})
+        print(f"  [step-cost] batch {batch:3d}: decode step {1e3 * step:7.1f} ms CPU, {1e3 * step / batch:6.2f} ms per row",
+              flush=True)
+    b = np.array([r["batch"] for r in rows], dtype=float)
+    t = np.array([r["step_ms"] for r in rows])
+    per_row, fixed = np.polyfit(b, t, 1)
+    print(f"  [step-cost] least-squares fit: {fixed:.1f} ms per step + {per_row:.2f} ms per row", flush=True)
+    predictions = []
+    for n in sorted({args.num_requests, 1024}):
+        prompts, outs = throughput_workload(n, engine.config.vocab_size, args.seed)
+        ms = predicted_cpu_ms([len(p) for p in prompts], outs, args.batch_size, fixed, per_row)
+        pred = {"num_requests": n, "batch": args.batch_size, "vs_static": ms["static"] / ms["continuous"],
+                "vs_hf": ms["hf-static"] / ms["continuous"]}
+        predictions.append(pred)
+        print(f"  [step-cost] predicted with that fit, {n} requests, cap {args.batch_size}: continuous is "
+              f"{pred['vs_hf']:.2f}x transformers static, {pred['vs_static']:.2f}x our static", flush=True)
+    return {"rows": rows, "fit_fixed_ms": float(fixed), "fit_per_row_ms": float(per_row), "predictions": predictions}
 
 
 # -- part 2 ---------------------------------------------------------------------------------
@@ -205,6 +281,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-kv", action="store_true")
+    ap.add_argument("--step-cost", action="store_true", help="also measure decode step cost vs batch size")
     ap.add_argument("--quick", action="store_true", help="16 requests, 1 repeat, 16 KV requests")
     ap.add_argument("--json-out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -224,6 +301,8 @@ def main(argv=None) -> int:
         print(f"[throughput] medians (out tok per cpu-s): continuous {mc['continuous']:.1f} | static {mc['static']:.1f} | "
               f"hf-static {mc['hf-static']:.1f}  => continuous/hf {tp['cpu_speedup_vs_hf']:.2f}x, "
               f"continuous/static {tp['cpu_speedup_vs_static_policy']:.2f}x", flush=True)
+    if args.step_cost:
+        report["step_cost"] = run_step_cost(args)
     if not args.skip_kv:
         kv = run_kv_capacity(args)
         report["kv_capacity"] = kv

@@ -1,11 +1,17 @@
 """GPTQ quality and cost on SmolLM2-135M: perplexity, KL, weight memory, quantize time, decode speed.
 
-    python -m experiments.bench_gptq [--groups 128,32] [--nsamples 32] [--workdir /tmp/folovllm-gptq] [--reuse]
+    python -m experiments.bench_gptq [--configs g128-sym-act,g128-asym-act,g32-asym-act] [--nsamples 32]
+                                     [--workdir /tmp/folovllm-gptq] [--reuse]
+
+A config is `g<group>-<sym|asym>[-act][-static]`: group size, grid, act-order (desc_act),
+static groups.
 
 Calibrates on the licence texts in /usr/share/common-licenses *other than* GPL-3 and evaluates
 perplexity (window 512, stride 256) on GPL-3, so calibration and evaluation text differ.
-Bar (issue 7): quantized-linear memory <= 0.3x of 16-bit; ppl at group 128 <= GPTQModel's 28.1
-(project owner's measurement: 23.0 float32 -> 28.1); ppl at group 32 within 10% of float32.
+Bar (issue 7): quantized-linear memory <= 0.3x of 16-bit; ppl at group 128 no worse than GPTQModel's
+(project owner's measurement: 23.0 float32 -> 28.1, +22.2%, with an evaluation recipe that gives a
+different float32 figure from ours, so the comparison is of the increase over float32); ppl at group
+32 within 10% of float32.
 On a GPU it also times decode-sized (M = 1..16) matmuls: GPTQLinear (Triton w4a16) vs fp16 nn.Linear.
 """
 
@@ -19,7 +25,25 @@ from pathlib import Path
 
 import torch
 
-GPTQMODEL_G128_PPL = 28.1     # measured by the project owner with GPTQModel 7.6.0 (4 bits, group 128)
+GPTQMODEL_FLOAT32_PPL = 23.0  # measured by the project owner (GPTQModel 7.6.0, 4 bits, group 128) ...
+GPTQMODEL_G128_PPL = 28.1     # ... float32 -> 4-bit perplexity on GPL-3
+GPTQMODEL_G128_RATIO = GPTQMODEL_G128_PPL / GPTQMODEL_FLOAT32_PPL
+
+
+def parse_config(text: str) -> tuple[str, dict]:
+    """`g32-asym-act` -> ("g32-asym-act", GPTQConfig kwargs); a clear error for anything else."""
+    parts = text.strip().split("-")
+    try:
+        if not parts[0].startswith("g"):
+            raise ValueError
+        group = int(parts[0][1:])
+        if parts[1] not in ("sym", "asym") or not set(parts[2:]) <= {"act", "static"}:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise SystemExit(f"--configs: {text!r} is not g<group>-<sym|asym>[-act][-static] (e.g. g32-asym-act)") from None
+    sym = parts[1] == "sym"
+    return text.strip(), dict(bits=4, group_size=group, sym=sym, desc_act="act" in parts[2:],
+                              static_groups="static" in parts[2:], checkpoint_format="gptq" if sym else "gptq_v2")
 
 
 def smollm2_dir(workdir: Path) -> Path:
@@ -84,7 +108,8 @@ def decode_matmul_speed(model_dir: Path, shapes: list[tuple[int, int]], repeats:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--groups", default="128,32", help="group sizes to quantize, comma-separated")
+    ap.add_argument("--configs", default="g128-sym-act,g128-asym-act,g32-asym-act",
+                    help="comma-separated g<group>-<sym|asym>[-act][-static]")
     ap.add_argument("--nsamples", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--window", type=int, default=512)
@@ -110,24 +135,24 @@ def main(argv: list[str] | None = None) -> None:
 
     results: dict = {"model": str(base), "eval_text": str(DEFAULT_EVAL_TEXT), "window": args.window,
                      "stride": args.stride, "nsamples": args.nsamples, "seq_len": args.seq_len, "runs": {}}
-    quantized: dict[int, Path] = {}
-    for gs in (int(g) for g in args.groups.split(",")):
-        out = workdir / f"smollm2-135m-gptq-4bit-g{gs}"
-        rec = {}
+    quantized: dict[str, Path] = {}
+    for name, kwargs in (parse_config(c) for c in args.configs.split(",")):
+        out = workdir / f"smollm2-135m-gptq-4bit-{name}"
+        rec: dict = {"settings": kwargs}
         if not (args.reuse and (out / "config.json").is_file()):
-            cfg = GPTQConfig(bits=4, group_size=gs, sym=True, desc_act=False, checkpoint_format="gptq")
+            cfg = GPTQConfig(**kwargs)
             rep = quantize_model_dir(base, out, cfg, read_texts(calib_files), n_samples=args.nsamples,
                                      seq_len=args.seq_len, overwrite=True)
             rec.update(quantize_seconds=rep.seconds_total, packed_bytes=rep.packed_bytes,
                        dense16_bytes=rep.dense16_bytes, memory_ratio=rep.memory_ratio)
-            print(f"g{gs}: quantized in {rep.seconds_total:.1f} s; linear weights {rep.packed_bytes / 2**20:.2f} MiB "
+            print(f"{name}: quantized in {rep.seconds_total:.1f} s; linear weights {rep.packed_bytes / 2**20:.2f} MiB "
                   f"vs {rep.dense16_bytes / 2**20:.2f} MiB 16-bit ({rep.memory_ratio:.3f}x)")
-        quantized[gs] = out
-        results["runs"][f"g{gs}"] = rec
+        quantized[name] = out
+        results["runs"][name] = rec
 
     ids = tokenize_file(base, DEFAULT_EVAL_TEXT)
     ref = load_scorer(base, args.backend)
-    others = {f"g{gs}": load_scorer(out, args.backend) for gs, out in quantized.items()}
+    others = {name: load_scorer(out, args.backend) for name, out in quantized.items()}
     print(f"eval backend: {ref.backend}; {len(ids)} tokens of GPL-3, window {args.window}, stride {args.stride}")
     from tqdm import tqdm
 
@@ -136,31 +161,32 @@ def main(argv: list[str] | None = None) -> None:
     results["float32_ppl"] = ppl_fp.perplexity
     results["eval_seconds"] = ppl_fp.seconds
     print(f"float32: ppl {ppl_fp.perplexity:.3f} ({ppl_fp.n_scored} tokens scored, {ppl_fp.n_windows} windows)")
-    for gs, out in quantized.items():
+    for name, out in quantized.items():
         from executor.gptq.hf import load_hf_model, quantized_memory
 
         packed, dense = quantized_memory(load_hf_model(out))
-        p, k = compared[f"g{gs}"]
-        rec = results["runs"][f"g{gs}"]
+        p, k = compared[name]
+        rec = results["runs"][name]
         rec.update(ppl=p.perplexity, ppl_ratio=p.perplexity / ppl_fp.perplexity, mean_kl=k.mean_kl,
                    max_kl=k.max_kl, top1_agreement=k.top1_agreement, packed_bytes=packed, dense16_bytes=dense,
                    memory_ratio=packed / dense)
-        print(f"g{gs}: ppl {p.perplexity:.3f} ({p.perplexity / ppl_fp.perplexity - 1:+.1%} vs float32), "
+        print(f"{name}: ppl {p.perplexity:.3f} ({p.perplexity / ppl_fp.perplexity - 1:+.1%} vs float32), "
               f"KL {k.mean_kl:.4f} nats/token, top-1 agreement {k.top1_agreement:.1%}, "
               f"memory {packed / dense:.3f}x of 16-bit ({packed / 2**20:.2f} MiB vs {dense / 2**20:.2f} MiB)")
 
     print("\nbar:")
-    if "g128" in results["runs"]:
-        r = results["runs"]["g128"]
-        print(f"  memory ratio g128 {r['memory_ratio']:.3f} <= 0.3: {r['memory_ratio'] <= 0.3}")
-        print(f"  ppl g128 {r['ppl']:.3f} <= GPTQModel {GPTQMODEL_G128_PPL}: {r['ppl'] <= GPTQMODEL_G128_PPL}")
-    if "g32" in results["runs"]:
-        r = results["runs"]["g32"]
-        print(f"  ppl g32 {r['ppl']:.3f} within 10% of float32 {ppl_fp.perplexity:.3f}: {r['ppl_ratio'] <= 1.10}")
+    for name, r in results["runs"].items():
+        gs = r["settings"]["group_size"]
+        print(f"  {name}: memory ratio {r['memory_ratio']:.3f} <= 0.3: {r['memory_ratio'] <= 0.3}")
+        if gs == 128:
+            print(f"  {name}: ppl +{r['ppl_ratio'] - 1:.1%} over float32 <= GPTQModel's +{GPTQMODEL_G128_RATIO - 1:.1%} "
+                  f"({GPTQMODEL_FLOAT32_PPL} -> {GPTQMODEL_G128_PPL}): {r['ppl_ratio'] <= GPTQMODEL_G128_RATIO}")
+        if gs == 32:
+            print(f"  {name}: ppl {r['ppl']:.3f} within 10% of float32 {ppl_fp.perplexity:.3f}: {r['ppl_ratio'] <= 1.10}")
 
     if torch.cuda.is_available():
-        gs = min(quantized)
-        rows = decode_matmul_speed(quantized[gs], [(576, 576), (576, 1536), (1536, 576)])
+        name = next(iter(quantized))
+        rows = decode_matmul_speed(quantized[name], [(576, 576), (576, 1536), (1536, 576)])
         results["decode_matmul"] = rows
         for r in rows:
             print(f"  decode matmul K={r['K']} N={r['N']} M={r['M']}: fp16 {r['fp16_us']:.1f} us, "

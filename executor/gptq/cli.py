@@ -27,9 +27,12 @@ from executor.gptq.calibration import DEFAULT_EVAL_TEXT
               show_default=True, help="Zeros convention: gptq (v1, zero-1) or gptq_v2; auto = v1 if --sym else v2.")
 @click.option("--true-sequential/--no-true-sequential", default=True, show_default=True,
               help="Quantize sublayers in order, each seeing already-quantized earlier sublayers.")
+@click.option("--static-groups", is_flag=True,
+              help="Fix each group's scale/zero from the original weights before GPTQ (keeps g_idx monotone "
+                   "with --desc-act).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists (atomically).")
 def quantize(model_dir, bits, group_size, desc_act, sym, calib_files, out_dir, nsamples, seq_len, damp,
-             checkpoint_format, true_sequential, overwrite):
+             checkpoint_format, true_sequential, static_groups, overwrite):
     """Quantize MODEL_DIR (HF safetensors directory or prepared model name) with GPTQ."""
     import torch
 
@@ -43,7 +46,8 @@ def quantize(model_dir, bits, group_size, desc_act, sym, calib_files, out_dir, n
     try:
         src = resolve_model_dir(model_dir)
         cfg = GPTQConfig(bits=bits, group_size=group_size, desc_act=desc_act, sym=sym, checkpoint_format=fmt,
-                         damp_percent=damp, true_sequential=true_sequential).validate("options")
+                         damp_percent=damp, true_sequential=true_sequential,
+                         static_groups=static_groups).validate("options")
         files = [Path(f) for f in calib_files] or default_calibration_files()
         click.echo(f"calibration text: {', '.join(str(f) for f in files)}"
                    + ("" if calib_files else f" (every licence except {DEFAULT_EVAL_TEXT}, the evaluation text)"))
@@ -52,7 +56,7 @@ def quantize(model_dir, bits, group_size, desc_act, sym, calib_files, out_dir, n
     except (GPTQCheckpointError, CalibrationError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote {report.out_dir}: {len(report.layers)} linears at {bits} bits, group {group_size}, "
-               f"desc_act={desc_act}, sym={sym}, format={fmt}")
+               f"desc_act={desc_act}, sym={sym}, static_groups={static_groups}, format={fmt}")
     click.echo(f"quantized linear weights: {report.packed_bytes / 2**20:.2f} MiB vs {report.dense16_bytes / 2**20:.2f} "
                f"MiB at 16 bits ({report.memory_ratio:.3f}x)")
     click.echo(f"time: {report.seconds_total:.1f} s total, {report.seconds_quantize:.1f} s calibration + GPTQ")

@@ -20,6 +20,12 @@ GPTQModel writes and what every loader expects (g_idx[k] = k // group_size).
 Act-order (`desc_act`): columns are processed by decreasing diag(H) (the most "important"
 inputs first, while most columns can still absorb error); groups are formed along that
 order, so g_idx becomes a non-monotone map from input row to group.
+
+Static groups (`static_groups`): every group's scale/zero is fixed up front from the original
+weights of its natural columns (k // group_size), before any error feedback. Combined with
+act-order this keeps g_idx monotone (loaders need no permutation) while columns are still
+processed by importance; it also keeps the grid aligned with weights that already sit on a
+per-32-column grid (a model dequantized from a GGUF Q4 file).
 """
 
 from __future__ import annotations
@@ -147,7 +153,7 @@ def _inverse_hessian_factor(H: torch.Tensor, damp: float) -> tuple[torch.Tensor,
 
 
 def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, *, bits: int = 4, group_size: int = 128,
-                  sym: bool = True, desc_act: bool = False, damp: float = 0.01,
+                  sym: bool = True, desc_act: bool = False, static_groups: bool = False, damp: float = 0.01,
                   block_size: int = 128) -> QuantizedWeight:
     """Quantize `weight` [N, K] (nn.Linear orientation) with Hessian `H` [K, K].
 
@@ -156,11 +162,11 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, *, bits: int = 4, group
     """
     with flush_denormals(), single_thread():
         return _gptq_quantize(weight, H, bits=bits, group_size=group_size, sym=sym, desc_act=desc_act,
-                              damp=damp, block_size=block_size)
+                              static_groups=static_groups, damp=damp, block_size=block_size)
 
 
 def _gptq_quantize(weight: torch.Tensor, H: torch.Tensor, *, bits: int, group_size: int, sym: bool,
-                   desc_act: bool, damp: float, block_size: int) -> QuantizedWeight:
+                   desc_act: bool, static_groups: bool, damp: float, block_size: int) -> QuantizedWeight:
     if weight.dim() != 2 or H.shape != (weight.shape[1], weight.shape[1]):
         raise ValueError(f"gptq_quantize: weight {tuple(weight.shape)} and Hessian {tuple(H.shape)} disagree")
     if not 0.0 <= damp < 1.0:
@@ -179,6 +185,13 @@ def _gptq_quantize(weight: torch.Tensor, H: torch.Tensor, *, bits: int, group_si
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
 
+    n_groups = math.ceil(K / gs)
+    scales = torch.zeros(n_groups, N, dtype=torch.float32)
+    zeros = torch.zeros(n_groups, N, dtype=torch.float32)
+    if static_groups:
+        for g in range(n_groups):
+            scales[g], zeros[g] = _grid_params(W[:, g * gs:(g + 1) * gs].to(torch.float32), bits, sym)
+
     perm = torch.argsort(torch.diag(H), descending=True, stable=True) if desc_act else torch.arange(K)
     W = W[:, perm]
     H = H[perm][:, perm]
@@ -188,9 +201,7 @@ def _gptq_quantize(weight: torch.Tensor, H: torch.Tensor, *, bits: int, group_si
 
     Q = torch.zeros_like(W)             # dequantized values, permuted order
     codes = torch.zeros(N, K, dtype=torch.int32)
-    n_groups = math.ceil(K / gs)
-    scales = torch.zeros(n_groups, N, dtype=torch.float32)
-    zeros = torch.zeros(n_groups, N, dtype=torch.float32)
+    group_of = (perm // gs) if static_groups else (torch.arange(K) // gs)  # group of each processed column
     loss = torch.zeros(N, dtype=torch.float64)
 
     for b0 in range(0, K, block):
@@ -200,7 +211,10 @@ def _gptq_quantize(weight: torch.Tensor, H: torch.Tensor, *, bits: int, group_si
         U1 = U[b0:b1, b0:b1]
         for i in range(b1 - b0):
             col = b0 + i
-            if col % gs == 0:
+            if static_groups:
+                g = int(group_of[col])
+                scale, zero = scales[g], zeros[g]
+            elif col % gs == 0:
                 g = col // gs
                 scale, zero = _grid_params(W1[:, i:i + gs], bits, sym)   # group lies inside this block
                 scales[g], zeros[g] = scale, zero
@@ -216,7 +230,7 @@ def _gptq_quantize(weight: torch.Tensor, H: torch.Tensor, *, bits: int, group_si
         W[:, b1:] -= E1 @ U[b0:b1, b1:]
 
     invperm = torch.argsort(perm)
-    g_idx = (torch.arange(K) // gs)[invperm].to(torch.int32)
+    g_idx = group_of[invperm].to(torch.int32)
     return QuantizedWeight(
         qint=codes[:, invperm].T.contiguous(),
         scales=scales.to(torch.float16),

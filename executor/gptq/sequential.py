@@ -185,7 +185,8 @@ def quantize_layer(layer: nn.Module, inputs, cfg: GPTQConfig, true_sequential: b
                 lin = modules[name]
                 t0 = time.perf_counter()
                 res = gptq_quantize(lin.weight.data, H, bits=cfg.bits, group_size=cfg.group_size,
-                                    sym=cfg.sym, desc_act=cfg.desc_act, damp=cfg.damp_percent)
+                                    sym=cfg.sym, desc_act=cfg.desc_act, static_groups=cfg.static_groups,
+                                    damp=cfg.damp_percent)
                 lin.weight.data.copy_(res.dequantized.to(lin.weight.dtype))
                 full = f"{prefix}.{name}"
                 results[full] = packed_tensors(full, res, cfg, lin.bias)

@@ -94,3 +94,35 @@ def test_bad_arguments_are_rejected():
         gptq_quantize(torch.randn(4, 8), torch.eye(7))
     with pytest.raises(ValueError, match="damp"):
         gptq_quantize(torch.randn(4, 8), torch.eye(8), damp=1.5)
+
+
+def test_static_groups_with_act_order_keep_g_idx_monotone_and_beat_rtn():
+    K, N, gs = 96, 24, 32
+    X = correlated_inputs(K)
+    W = torch.randn(N, K, generator=torch.Generator().manual_seed(2)) * 0.05
+    res = gptq_quantize(W, hessian(X), bits=4, group_size=gs, sym=False, desc_act=True, static_groups=True)
+    assert res.g_idx.tolist() == [k // gs for k in range(K)]      # no permutation needed to load it
+    g = res.g_idx.long()
+    rebuilt = res.scales.float()[g] * (res.qint.float() - res.zeros.float()[g])
+    assert torch.equal(rebuilt.T, res.dequantized)
+    rtn = rtn_quantize(W, bits=4, group_size=gs, sym=False)
+    assert torch.equal(res.scales, rtn.scales) and torch.equal(res.zeros, rtn.zeros)  # grid fixed from the original weights
+    assert output_error(W, res.dequantized, X) < 0.8 * output_error(W, rtn.dequantized, X)
+
+
+def test_static_groups_reproduce_weights_already_on_the_grid_exactly():
+    """A model dequantized from a 4-bit file sits on a per-group grid; static groups keep it lossless
+    even with act-order, where groups formed along the processing order would not line up."""
+    K, N, gs = 64, 16, 32
+    gen = torch.Generator().manual_seed(3)
+    codes = torch.randint(0, 16, (N, K), generator=gen)
+    codes[:, ::gs] = 0           # every group spans the whole code range, so min/max finds the grid
+    codes[:, 1::gs] = 15
+    scales = (0.01 + 0.02 * torch.rand(N, K // gs, generator=gen)).half().float()
+    zeros = torch.randint(1, 15, (N, K // gs), generator=gen).float()
+    W = (scales.repeat_interleave(gs, 1) * (codes - zeros.repeat_interleave(gs, 1))).float()
+    X = correlated_inputs(K)
+    res = gptq_quantize(W, hessian(X), bits=4, group_size=gs, sym=False, desc_act=True, static_groups=True)
+    assert torch.equal(res.dequantized, W)
+    dynamic = gptq_quantize(W, hessian(X), bits=4, group_size=gs, sym=False, desc_act=True)
+    assert output_error(W, dynamic.dequantized, X) > 0
