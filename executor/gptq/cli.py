@@ -15,7 +15,9 @@ from executor.gptq.calibration import DEFAULT_EVAL_TEXT
 @click.argument("model_dir")
 @click.option("--bits", type=int, default=4, show_default=True, help="Bits per weight (2, 4 or 8; GPU kernels: 4).")
 @click.option("--group-size", type=int, default=128, show_default=True, help="Input rows per scale/zero group; -1 = one group.")
-@click.option("--desc-act/--no-desc-act", default=False, show_default=True, help="Act-order: quantize columns by decreasing Hessian diagonal.")
+@click.option("--desc-act/--no-desc-act", default=True, show_default=True,
+              help="Act-order: quantize columns by decreasing Hessian diagonal (on SmolLM2 it takes group 128 "
+                   "from +39% to +19% perplexity over float32).")
 @click.option("--sym/--asym", default=True, show_default=True, help="Symmetric grid (zero fixed at 2**(bits-1)) or asymmetric.")
 @click.option("--calib", "calib_files", multiple=True, type=click.Path(dir_okay=False),
               help="Calibration text file (repeatable). Default: the licence texts in /usr/share/common-licenses except GPL-3.")

@@ -36,7 +36,7 @@ def run_quantize(model, calib, out, *extra):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["--asym", "--desc-act"]])
+@pytest.mark.parametrize("extra", [["--no-desc-act"], ["--asym", "--desc-act"]])
 def test_quantize_writes_a_loadable_checkpoint_close_to_the_float_model(tiny, extra):
     root, model, calib, _ = tiny
     out = root / ("q" + "".join(extra))

@@ -58,7 +58,7 @@ def test_our_checkpoint_loads_in_transformers_with_our_logits(tmp_path):
     base = write_tiny_model(tmp_path / "tiny", hidden=128, intermediate=256, layers=2)
     calib = tmp_path / "calib.txt"
     calib.write_text(sample_text())
-    for extra in ([], ["--asym", "--desc-act"]):
+    for extra in (["--no-desc-act"], ["--asym", "--desc-act"]):
         out = tmp_path / ("ours" + "".join(extra))
         r = CliRunner().invoke(quantize, [str(base), "--group-size", "32", "--calib", str(calib), "--out", str(out),
                                           "--nsamples", "8", "--seq-len", "64", *extra])
