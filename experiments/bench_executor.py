@@ -178,27 +178,29 @@ def predicted_cpu_ms(prompt_lens: list[int], out_lens: list[int], batch: int, fi
     return {"continuous": cont, "static": static, "hf-static": hf}
 
 
+def decode_step_ms(engine, batch: int, steps: int = 32) -> float:
+    """CPU ms of one decode step at `batch`: (prefill + `steps` decodes) minus (prefill alone), over `steps`."""
+    from executor.sampler import SamplingParams
+
+    prompts = [[100 + i + j for j in range(16)] for i in range(batch)]
+    cpu = []
+    for out in (1, 1 + steps):
+        c0 = time.process_time()
+        engine.generate(prompts, [SamplingParams(temperature=0.0, max_tokens=out, ignore_eos=True)] * batch)
+        cpu.append(time.process_time() - c0)
+    return (cpu[1] - cpu[0]) / steps * 1e3
+
+
 def run_step_cost(args) -> dict:
     from executor.engine import LLMEngine
     from executor.models_registry import resolve_model
-    from executor.sampler import SamplingParams
 
     engine = LLMEngine(resolve_model(args.model), device=args.device, dtype=torch.float32, kv_cache_memory=2**30,
                        max_model_len=1024, max_num_seqs=64, max_num_batched_tokens=4096, load_tokenizer=False)
     engine.warmup()
-    decode_steps = 32
     rows = []
     for batch in (1, 2, 4, 8, 16, 32, 64):
-        prompts = [[100 + i + j for j in range(16)] for i in range(batch)]
-        samples = []
-        for _ in range(args.repeats):
-            cpu = []
-            for out in (1, 1 + decode_steps):  # the difference is decode_steps pure decode steps
-                c0 = time.process_time()
-                engine.generate(prompts, [SamplingParams(temperature=0.0, max_tokens=out, ignore_eos=True)] * batch)
-                cpu.append(time.process_time() - c0)
-            samples.append((cpu[1] - cpu[0]) / decode_steps)
-        step = statistics.median(samples)
+        step = statistics.median(decode_step_ms(engine, batch) for _ in range(args.repeats)) / 1e3
         rows.append({"batch": batch, "step_ms": 1e3 * step, "per_row_ms": 1e3 * step / batch})
         print(f"  [step-cost] batch {batch:3d}: decode step {1e3 * step:7.1f} ms CPU, {1e3 * step / batch:6.2f} ms per row",
               flush=True)

@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import sys
+from pathlib import Path
 
 
 def _cpu_model() -> str:
@@ -52,6 +53,38 @@ def environment(with_torch: bool | None = None) -> dict:
         if torch.cuda.is_available():
             env["gpu"] = torch.cuda.get_device_name(0)
     return env
+
+
+def source_fingerprint(root: Path | None = None) -> str:
+    """Hash of the Python source under `root` (default: the executor package).
+
+    Part of the calibration profile's cache key: a profile measures the executor's step times, so a
+    change to the executor's code (a faster kernel, say) must not reuse a profile measured before it.
+    """
+    if root is None:
+        import importlib.util
+
+        root = Path(list(importlib.util.find_spec("executor").submodule_search_locations)[0])
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:8]
+
+
+def code_fingerprint(*packages: str) -> str:
+    """One hash over the source of the named top-level packages (e.g. "policy", "executor").
+
+    The packages are found, not imported (hashing the executor's source must not load torch).
+    """
+    import importlib.util
+
+    parts = []
+    for name in packages:
+        found = importlib.util.find_spec(name)
+        if found is None or not found.submodule_search_locations:
+            raise ValueError(f"code_fingerprint: {name!r} is not an importable package")
+        parts.append(f"{name}:{source_fingerprint(Path(list(found.submodule_search_locations)[0]))}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:8]
 
 
 def machine_fingerprint() -> str:

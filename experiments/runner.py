@@ -9,8 +9,9 @@
 A run's key is the hash of the canonical JSON of everything that determines its result: the
 trace section (file content, not its name) with the seed and rate scale, the model, the
 hardware, the resolved variant (with its KV pool size), the engine, the cost model's content
-(the profile file's bytes), the SLOs and the repeat index. Renaming a variant or moving the
-output folder never reruns anything; changing any input always does.
+(the profile file's bytes), the SLOs, the repeat index, and the engine's own source code
+(policy + traces + sim or executor; executor runs also name the machine). Renaming a variant or
+moving the output folder never reruns anything; changing any input, code included, always does.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from experiments import model_ref, results
+from experiments.environment import code_fingerprint, machine_fingerprint
 from policy import SchedulerConfig
 from experiments.spec import ExperimentSpec, SpecError, Variant, canonical_json, file_digest
 
@@ -156,6 +158,11 @@ def plan_jobs(spec: ExperimentSpec, *, profile_path: str | None = None) -> list[
     hardware_id = None
     if spec.hardware is not None:
         hardware_id = {"file_sha256": file_digest(spec.hardware)} if spec.hardware.endswith(".json") else spec.hardware
+    # The engines' own code is an input too: an executor run measured before a kernel change, or a
+    # simulation priced by older code, must not be reused. Executor runs are also tied to the machine.
+    code_ids = {"sim": code_fingerprint("policy", "traces", "sim")}
+    if "executor" in spec.engines:
+        code_ids["executor"] = f"{code_fingerprint('policy', 'traces', 'executor')}-{machine_fingerprint()}"
     jobs: list[Job] = []
     for i, variant in enumerate(spec.variants):
         knobs = variant.knobs
@@ -189,6 +196,7 @@ def plan_jobs(spec: ExperimentSpec, *, profile_path: str | None = None) -> list[
                         "weight_format": knobs["weight_format"], "slo": spec.slo,
                         "cost_model": {k: v for k, v in cost.items() if k != "path"} if cost else None,
                         "executor": spec.executor if engine == "executor" else None, "repeat": repeat,
+                        "code": code_ids[engine],
                     }
                     key = hashlib.sha256(canonical_json(ident).encode()).hexdigest()
                     label = _slug(f"{engine}-{variant.name}-s{seed}" + (f"-r{repeat}" if repeats > 1 else ""))

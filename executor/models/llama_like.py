@@ -21,6 +21,8 @@ from executor.layers.linear import make_linear
 from executor.layers.norm import RMSNorm
 from executor.layers.rotary import RotaryEmbedding, apply_rotary
 
+CPU_FEW_ROWS_LOGITS = 9   # up to 8 rows the transposed product is faster on CPU (measured; slower from 10)
+
 
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, prefix: str) -> None:
@@ -116,4 +118,11 @@ class LlamaLikeForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        rows = hidden.shape[0]
+        if hidden.device.type == "cpu" and 0 < rows < CPU_FEW_ROWS_LOGITS:
+            # For a few rows, CPU BLAS runs `x W^T` as one matrix-vector product per row, reading the
+            # whole head (28M weights for SmolLM2) once per row; `W x^T` reads it once. Measured on
+            # one core: 21.5 -> 5.4 ms at 2 rows, 9.7 -> 5.4 ms at 1 row (padded to 2, which is faster).
+            cols = hidden if rows > 1 else torch.cat([hidden, hidden])   # a real copy: expand() is 3x slower
+            return torch.mm(weight, cols.t()).t()[:rows].contiguous()
         return torch.nn.functional.linear(hidden, weight)

@@ -127,3 +127,15 @@ def test_smollm2_matches_transformers(smollm2_dir, one_thread):
     ours = prompt_logits(engine.model, prompts[2])
     theirs = hf_logits(smollm2_dir, prompts[2])
     assert ((ours - theirs).abs().max() / theirs.abs().max()).item() < 1e-4
+
+
+@pytest.mark.parametrize("shape", ["tiny-llama", "tiny-qwen2"])   # tied and untied heads
+def test_logits_of_a_few_rows_match_the_plain_head_product(shape, tiny_model_dirs, one_thread):
+    """compute_logits takes a transposed product for 1..8 rows on CPU (faster there); same logits."""
+    model = load_model(tiny_model_dirs[shape])
+    weight = model.model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
+    for rows in (1, 2, 3, 8, 9, 20):
+        hidden = torch.randn(rows, weight.shape[1], generator=torch.Generator().manual_seed(rows))
+        got = model.compute_logits(hidden)
+        assert got.shape == (rows, weight.shape[0]) and got.is_contiguous()
+        assert torch.allclose(got, torch.nn.functional.linear(hidden, weight), rtol=1e-5, atol=1e-5)

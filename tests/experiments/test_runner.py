@@ -86,6 +86,15 @@ def test_keys_cover_the_inputs(tmp_path):
     assert keys == {j.variant.name: j.key for j in plan_jobs(load_spec(sim_spec(tmp_path)))}  # deterministic
 
 
+def test_a_change_to_the_engine_code_reruns(tmp_path, monkeypatch):
+    """Results measured or priced by older code are not reused (e.g. after a faster kernel lands)."""
+    import experiments.runner as runner
+
+    before = {j.key for j in plan_jobs(load_spec(sim_spec(tmp_path)))}
+    monkeypatch.setattr(runner, "code_fingerprint", lambda *packages: "changed")
+    assert not before & {j.key for j in plan_jobs(load_spec(sim_spec(tmp_path)))}
+
+
 def test_parallel_workers_give_the_same_results(tmp_path):
     spec = load_spec(sim_spec(tmp_path))
     run_spec(spec, tmp_path / "serial", workers=1, progress=False)
