@@ -272,11 +272,11 @@ def _set_threads(threads: int | None) -> None:
 def cached_profile_path(model: str, dtype: str = "fp32", threads: int | None = None) -> Path:
     """Where the calibrated profile of this machine + model + dtype (+ torch threads) + executor code is kept."""
     _set_threads(threads)
-    from experiments.environment import machine_fingerprint, source_fingerprint
+    from experiments.environment import code_fingerprint, machine_fingerprint
     from experiments.model_ref import _cache_root
 
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in model.replace("/", "_"))[-60:]
-    return _cache_root() / "profiles" / f"{slug}-{dtype}-{machine_fingerprint()}-{source_fingerprint()}.json"
+    return _cache_root() / "profiles" / f"{slug}-{dtype}-{machine_fingerprint()}-{code_fingerprint('executor')}.json"
 
 
 def ensure_profile(model: str, dtype: str = "fp32", *, force: bool = False, progress: bool = True,

@@ -55,16 +55,8 @@ def environment(with_torch: bool | None = None) -> dict:
     return env
 
 
-def source_fingerprint(root: Path | None = None) -> str:
-    """Hash of the Python source under `root` (default: the executor package).
-
-    Part of the calibration profile's cache key: a profile measures the executor's step times, so a
-    change to the executor's code (a faster kernel, say) must not reuse a profile measured before it.
-    """
-    if root is None:
-        import importlib.util
-
-        root = Path(list(importlib.util.find_spec("executor").submodule_search_locations)[0])
+def source_fingerprint(root: Path) -> str:
+    """Hash of the Python source under `root` (file names and bytes)."""
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
@@ -74,7 +66,9 @@ def source_fingerprint(root: Path | None = None) -> str:
 def code_fingerprint(*packages: str) -> str:
     """One hash over the source of the named top-level packages (e.g. "policy", "executor").
 
-    The packages are found, not imported (hashing the executor's source must not load torch).
+    Part of the keys of measured and simulated results and of calibration profiles: a change to an
+    engine's code (a faster kernel, say) must not reuse results produced before it. The packages
+    are found, not imported (hashing the executor's source must not load torch).
     """
     import importlib.util
 

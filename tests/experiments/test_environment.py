@@ -19,8 +19,16 @@ def test_source_fingerprint_changes_with_the_code_and_only_with_it(tmp_path):
     assert source_fingerprint(pkg) != first
 
 
-def test_the_default_fingerprint_covers_the_executor_package():
-    import executor
+def test_package_fingerprints_follow_their_source_and_reject_unknown_names():
     from pathlib import Path
 
-    assert source_fingerprint() == source_fingerprint(Path(executor.__file__).resolve().parent)
+    import executor
+    import pytest
+
+    from experiments.environment import code_fingerprint
+
+    assert code_fingerprint("executor") == code_fingerprint("executor")
+    assert code_fingerprint("executor") != code_fingerprint("sim")
+    assert source_fingerprint(Path(executor.__file__).resolve().parent)   # hashes the real package
+    with pytest.raises(ValueError, match="no_such_package"):
+        code_fingerprint("no_such_package")
