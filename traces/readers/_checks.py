@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from traces.errors import TraceFormatError
+from traces.table import TraceTable
 
 
 def require_columns(df: pd.DataFrame, columns, path, header_line: int = 1) -> None:
@@ -75,3 +76,17 @@ def field(obj: dict, key: str, path, lineno: int):
         return obj[key]
     except KeyError:
         raise TraceFormatError(path, lineno, f"missing field {key!r}") from None
+
+
+def csv_rows_table(raw: pd.DataFrame, arrival_s: np.ndarray, prompt_col: str, output_col: str, path,
+                   name: str) -> TraceTable:
+    """One request per CSV row (ids in row order; data starts on line 2), both lengths checked >= 1."""
+    df = pd.DataFrame(
+        {
+            "request_id": np.arange(len(raw)).astype(str),
+            "arrival_s": arrival_s,
+            "prompt_len": int_lengths(raw[prompt_col], prompt_col, path, 2, minimum=1),
+            "output_len": int_lengths(raw[output_col], output_col, path, 2, minimum=1),
+        }
+    )
+    return TraceTable.from_dataframe(df, name=name, source=str(path))

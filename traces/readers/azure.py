@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from traces.errors import TraceFormatError
-from traces.readers._checks import int_lengths, read_csv, require_columns, times_non_decreasing
+from traces.readers._checks import csv_rows_table, read_csv, require_columns, times_non_decreasing
 from traces.table import TraceTable
 
 COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
@@ -32,15 +32,7 @@ def read(path) -> TraceTable:
         raise TraceFormatError(path, row + 2, "TIMESTAMP is empty")
     seconds = (ns - ns[0]) / 1e9
     times_non_decreasing(seconds, "TIMESTAMP", path, first_line=2)
-    df = pd.DataFrame(
-        {
-            "request_id": np.arange(len(raw)).astype(str),
-            "arrival_s": seconds,
-            "prompt_len": int_lengths(raw["ContextTokens"], "ContextTokens", path, 2, minimum=1),
-            "output_len": int_lengths(raw["GeneratedTokens"], "GeneratedTokens", path, 2, minimum=1),
-        }
-    )
-    return TraceTable.from_dataframe(df, name="azure", source=str(path))
+    return csv_rows_table(raw, seconds, "ContextTokens", "GeneratedTokens", path, "azure")
 
 
 def _first_bad_timestamp(col: pd.Series) -> int | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from traces.readers._checks import int_lengths, read_csv, require_columns, times_non_decreasing
+from traces.readers._checks import csv_rows_table, read_csv, require_columns, times_non_decreasing
 from traces.table import TraceTable
 
 COLUMNS = ("arrived_at", "num_prefill_tokens", "num_decode_tokens")
@@ -17,15 +17,7 @@ def read(path) -> TraceTable:
     require_columns(raw, COLUMNS, path)
     arrived = pd.to_numeric(raw["arrived_at"], errors="coerce").to_numpy(dtype=np.float64)
     times_non_decreasing(arrived, "arrived_at", path, first_line=2)
-    df = pd.DataFrame(
-        {
-            "request_id": np.arange(len(raw)).astype(str),
-            "arrival_s": arrived,
-            "prompt_len": int_lengths(raw["num_prefill_tokens"], "num_prefill_tokens", path, 2, minimum=1),
-            "output_len": int_lengths(raw["num_decode_tokens"], "num_decode_tokens", path, 2, minimum=1),
-        }
-    )
-    return TraceTable.from_dataframe(df, name="vidur", source=str(path))
+    return csv_rows_table(raw, arrived, "num_prefill_tokens", "num_decode_tokens", path, "vidur")
 
 
 def write(table: TraceTable, path) -> None:
