@@ -8,7 +8,6 @@ than loaded into a model that computes something different.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,14 +67,34 @@ class ModelConfig:
         path = Path(model_dir) / "config.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing (an HF model directory needs config.json)")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-        return cls.from_dict(data, source=str(path))
+        from executor.checkpoint_checks import read_json_file
+
+        return cls.from_dict(read_json_file(path), source=str(path))
 
     @classmethod
     def from_dict(cls, data: dict, *, source: str = "config") -> "ModelConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        try:
+            config = cls._from_dict(data, source)
+        except (TypeError, AttributeError) as exc:
+            raise ValueError(f"{source}: a field has the wrong type ({exc})") from None
+        except ValueError as exc:
+            if str(exc).startswith(source):
+                raise
+            raise ValueError(f"{source}: a field has a bad value ({exc})") from None
+        config._check_sizes(source)
+        return config
+
+    def _check_sizes(self, source: str) -> None:
+        """Sizes a checkpoint's tensor shapes are checked against: nonsense here is a bad config.json."""
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+                     "head_dim", "max_position_embeddings"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{source}: {name}={getattr(self, name)} must be >= 1")
+
+    @classmethod
+    def _from_dict(cls, data: dict, source: str) -> "ModelConfig":
         archs = data.get("architectures") or []
         arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
         if arch is None:

@@ -431,8 +431,6 @@ class LLMEngine:
 
 
 def _load_tokenizer(model_dir: Path):
-    if not any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
-        return None
-    from transformers import AutoTokenizer
+    from executor.tokenizer import has_tokenizer, load_tokenizer
 
-    return AutoTokenizer.from_pretrained(str(model_dir))
+    return load_tokenizer(model_dir) if has_tokenizer(model_dir) else None

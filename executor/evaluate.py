@@ -26,6 +26,7 @@ from typing import Callable, Protocol
 import torch
 
 from executor.gptq.quantizer import flush_denormals
+from executor.numerics import NonFiniteError, check_finite_result
 
 MODELS_CACHE = Path("~/.cache/folovllm/models").expanduser()
 
@@ -87,6 +88,9 @@ def _window_logprobs(scorer: Scorer, ids: list[int], w: Window) -> torch.Tensor:
     logits = scorer.logits(ids[w.begin:w.end])
     if logits.dim() != 2 or logits.shape[0] != w.end - w.begin:
         raise ValueError(f"{scorer.name}: logits shape {tuple(logits.shape)} for {w.end - w.begin} tokens")
+    if not bool(torch.isfinite(logits).all()):
+        raise NonFiniteError(f"{scorer.name}: non-finite logits (NaN or Inf) for tokens {w.begin}..{w.end - 1}; "
+                             "refusing to report a result (corrupted weights or a numerical overflow)")
     rows = logits[w.first_target - 1 - w.begin: w.end - 1 - w.begin]
     return torch.log_softmax(rows.to(torch.float64), dim=-1)
 
@@ -101,7 +105,7 @@ def perplexity(scorer: Scorer, ids: list[int], window: int = 512, stride: int = 
         targets = torch.tensor(ids[w.first_target:w.end], dtype=torch.long)
         nll -= float(logp.gather(1, targets.unsqueeze(1)).sum())
         n += targets.numel()
-    mean = nll / n
+    mean = check_finite_result("mean NLL", nll / n, scorer.name)
     return PerplexityResult(math.exp(mean), mean, n, len(windows), window, stride, time.perf_counter() - t0)
 
 
@@ -121,6 +125,7 @@ def kl_divergence(scorer_a: Scorer, scorer_b: Scorer, ids: list[int], window: in
         worst = max(worst, float(kl.max()))
         agree += int((la.argmax(-1) == lb.argmax(-1)).sum())
         n += kl.numel()
+    check_finite_result("mean KL", total / n, f"{scorer_a.name} vs {scorer_b.name}")
     return KLResult(total / n, worst, agree / n, n, len(windows), time.perf_counter() - t0)
 
 
@@ -230,10 +235,10 @@ def load_scorer(model: str | Path, backend: str = "auto") -> Scorer:
 
 def tokenize_file(model: str | Path, text_file: str | Path) -> list[int]:
     """Token ids of a text file under the model's own tokenizer (no special tokens added)."""
-    from transformers import AutoTokenizer
+    from executor.tokenizer import load_tokenizer
 
     path = Path(text_file)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: text file not found")
-    tok = AutoTokenizer.from_pretrained(str(resolve_model_dir(model)))
+    tok = load_tokenizer(resolve_model_dir(model))
     return tok(path.read_text(encoding="utf-8", errors="replace"), add_special_tokens=False)["input_ids"]

@@ -7,12 +7,11 @@ checkpoint tensor must land somewhere; otherwise the error names the tensors and
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
+from executor.checkpoint_checks import CheckpointError, check_tensor, open_safetensors, read_json_file, read_tensor
 from executor.config import ModelConfig
 from executor.models.llama_like import LlamaLikeForCausalLM
 from executor.layers.rotary import RotaryEmbedding
@@ -21,15 +20,14 @@ from executor.layers.rotary import RotaryEmbedding
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
-class CheckpointError(ValueError):
-    """The checkpoint does not match the model its config.json describes."""
+__all__ = ["CheckpointError", "build_model", "checkpoint_files", "load_model", "load_weights"]
 
 
 def checkpoint_files(model_dir: Path) -> dict[str, Path]:
     """Map tensor name -> safetensors file, from the shard index when there is one."""
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map")
+        weight_map = read_json_file(index).get("weight_map")
         if not isinstance(weight_map, dict):
             raise CheckpointError(f"{index}: no 'weight_map' object")
         files = {name: model_dir / fname for name, fname in weight_map.items()}
@@ -42,7 +40,7 @@ def checkpoint_files(model_dir: Path) -> dict[str, Path]:
         raise CheckpointError(f"{model_dir}: no *.safetensors files (only safetensors checkpoints are supported)")
     files: dict[str, Path] = {}
     for path in shards:
-        with safe_open(str(path), framework="pt") as f:
+        with open_safetensors(path) as f:
             for name in f.keys():
                 if name in files:
                     raise CheckpointError(f"tensor {name!r} appears in both {files[name].name} and {path.name}")
@@ -97,7 +95,10 @@ def load_weights(model: torch.nn.Module, model_dir: Path) -> None:
         by_file.setdefault(files[name], []).append(name)
     with torch.no_grad():
         for path, names in by_file.items():
-            with safe_open(str(path), framework="pt") as f:
+            with open_safetensors(path) as f:
+                stored = set(f.keys())
+                if name_not_in := next((n for n in names if n not in stored), None):
+                    raise CheckpointError(f"{path}: tensor {name_not_in!r} is listed in the shard index but not in the file")
                 for name in names:
                     target = targets[name]
                     shape = tuple(f.get_slice(name).get_shape())
@@ -105,8 +106,17 @@ def load_weights(model: torch.nn.Module, model_dir: Path) -> None:
                         raise CheckpointError(
                             f"{path}: tensor {name!r} has shape {list(shape)}, the model expects {list(target.shape)}"
                         )
-                    target.copy_(f.get_tensor(name))
-    for module in model.modules():
+                    # dtype and finiteness once, on the stored tensor: copy_ would cast a float qweight
+                    # to int32 without a word, and NaN weights only show up as a NaN perplexity.
+                    target.copy_(check_tensor(path, name, read_tensor(f, path, name)))
+    for module_name, module in model.named_modules():
         post_load = getattr(module, "post_load", None)
         if callable(post_load):
-            post_load()
+            try:
+                post_load()
+            except ValueError as exc:
+                # e.g. GPTQ g_idx out of range: name the file and the tensor, not just the rule
+                tensor = next((f"{module_name}.{field}" for field in ("g_idx", "qzeros", "qweight")
+                               if field in str(exc) and f"{module_name}.{field}" in files), module_name)
+                where = files.get(tensor, model_dir)
+                raise CheckpointError(f"{where}: tensor {tensor!r}: {exc}") from None

@@ -123,7 +123,8 @@ def prepare_smollm2(out: str | Path | None = None, *, force: bool = False) -> Pa
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(pkg_dir), gguf_file=SMOLLM2_GGUF)
+        # byte-level BPE: no space clean-up (see executor/tokenizer.py), written so into tokenizer_config.json
+        tokenizer = AutoTokenizer.from_pretrained(str(pkg_dir), gguf_file=SMOLLM2_GGUF, clean_up_tokenization_spaces=False)
         model = AutoModelForCausalLM.from_pretrained(str(pkg_dir), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
         # save_pretrained refuses GGUF-quantized models, so write the dequantized weights and a
         # plain config ourselves (tied lm_head is left out, as HF does).

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from executor.numerics import check_step_logits
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -50,6 +52,7 @@ class SampleRow:
     params: SamplingParams
     num_output_tokens: int  # tokens generated so far (this row samples the next one)
     eos_token_id: int | None
+    request_id: str | None = None  # named in errors (e.g. non-finite logits)
 
 
 _SEED_MIX = 0x9E3779B97F4A7C15
@@ -59,12 +62,20 @@ class Sampler:
     def __init__(self, device: torch.device | str = "cpu", seed: int = 0) -> None:
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.num_calls = 0  # sampling steps so far: names the step when the caller gives none
 
-    def __call__(self, logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
-        """logits [N, vocab] -> token ids [N] (int64, on logits.device)."""
+    def __call__(self, logits: torch.Tensor, rows: list[SampleRow], *, step: int | None = None) -> torch.Tensor:
+        """logits [N, vocab] -> token ids [N] (int64, on logits.device).
+
+        Non-finite logits raise `NonFiniteError` naming the step and the requests: argmax over
+        NaNs is token 0, so a broken model would otherwise "generate" forever without a word."""
         n, vocab = logits.shape
         if n != len(rows):
             raise ValueError(f"sampler got {n} logit rows for {len(rows)} requests")
+        self.num_calls += 1
+        check_step_logits(logits, step=self.num_calls if step is None else step,
+                          request_ids=[r.request_id if r.request_id is not None else f"row {i}"
+                                       for i, r in enumerate(rows)])
         logits = logits.to(torch.float32)
         self._mask_min_tokens(logits, rows, vocab)
         temps = [r.params.temperature for r in rows]

@@ -23,11 +23,13 @@ from pathlib import Path
 
 import torch
 
+from executor.checkpoint_checks import CheckpointError, load_file_checked
+
 from .linear import CHECKPOINT_FORMATS, num_groups
 from .packing import SUPPORTED_BITS, pack_factor
 
 
-class GPTQCheckpointError(ValueError):
+class GPTQCheckpointError(CheckpointError):
     """A GPTQ checkpoint (or a request to write one) that cannot be honoured; the message names what and where."""
 
 
@@ -87,7 +89,9 @@ class GPTQConfig:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise GPTQCheckpointError(f"{path}: not UTF-8 text (byte offset {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise GPTQCheckpointError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
 
@@ -152,12 +156,11 @@ def safetensors_files(model_dir: str | os.PathLike) -> list[Path]:
 
 
 def read_tensors(model_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors model directory (single file or sharded with an index)."""
-    from safetensors.torch import load_file
-
+    """All tensors of a safetensors model directory (single file or sharded with an index), each
+    checked once for its documented dtype and finite values (`executor.checkpoint_checks`)."""
     out: dict[str, torch.Tensor] = {}
     for f in safetensors_files(model_dir):
-        out.update(load_file(str(f)))
+        out.update(load_file_checked(f))
     return out
 
 

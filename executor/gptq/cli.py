@@ -56,7 +56,7 @@ def quantize(model_dir, bits, group_size, desc_act, sym, calib_files, out_dir, n
         report = quantize_model_dir(src, out_dir, cfg, read_texts(files), n_samples=nsamples, seq_len=seq_len,
                                     overwrite=overwrite, log=click.echo)
     except (GPTQCheckpointError, CalibrationError, FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {report.out_dir}: {len(report.layers)} linears at {bits} bits, group {group_size}, "
                f"desc_act={desc_act}, sym={sym}, static_groups={static_groups}, format={fmt}")
     click.echo(f"quantized linear weights: {report.packed_bytes / 2**20:.2f} MiB vs {report.dense16_bytes / 2**20:.2f} "
@@ -118,11 +118,11 @@ def ppl(model, text_file, window, stride, max_tokens, backend, as_json):
     if as_json:
         _quiet_libraries()
     try:
+        scorer = load_scorer(model, backend)  # first: a broken model directory is named before any tokenizer runs
         ids = _tokens(model, text_file, max_tokens)
-        scorer = load_scorer(model, backend)
         res = perplexity(scorer, ids, window, stride, progress=None if as_json else _bar("ppl"))
-    except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps({"model": str(model), "text": str(text_file), "backend": scorer.backend, **asdict(res)}))
     else:
@@ -143,11 +143,11 @@ def kl(model_a, model_b, text_file, window, stride, max_tokens, backend, as_json
     if as_json:
         _quiet_libraries()
     try:
-        ids = _tokens(model_a, text_file, max_tokens)
         a, b = load_scorer(model_a, backend), load_scorer(model_b, backend)
+        ids = _tokens(model_a, text_file, max_tokens)
         res = kl_divergence(a, b, ids, window, stride, progress=None if as_json else _bar("kl"))
-    except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps({"model_a": str(model_a), "model_b": str(model_b), "text": str(text_file),
                                "backend": a.backend, **asdict(res)}))

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from executor.checkpoint_checks import verify_model_dir
+
 from .checkpoint import GPTQCheckpointError, check_layer_tensors, quantized_layer_names, read_gptq_config, read_tensors
 from .linear import GPTQLinear
 
@@ -24,6 +26,8 @@ def load_hf_model(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> 
     model_dir = Path(model_dir).expanduser()
     cfg = read_gptq_config(model_dir)
     if cfg is None:
+        # transformers would load a NaN-filled or float-cast tensor without a word; check first
+        verify_model_dir(model_dir, check_shapes=False)
         return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).eval()
 
     raw = json.loads((model_dir / "config.json").read_text())
@@ -45,9 +49,14 @@ def load_hf_model(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> 
         new = GPTQLinear(old.in_features, old.out_features, bias=has_bias, bits=cfg.bits,
                          group_size=cfg.group_size, desc_act=cfg.desc_act, sym=cfg.sym,
                          checkpoint_format=cfg.checkpoint_format, dtype=dtype)
-        new.load_quantized(tensors.pop(f"{name}.qweight"), tensors.pop(f"{name}.qzeros"),
-                           tensors.pop(f"{name}.scales").to(dtype), tensors.pop(f"{name}.g_idx"),
-                           tensors.pop(f"{name}.bias").to(dtype) if has_bias else None)
+        try:
+            new.load_quantized(tensors.pop(f"{name}.qweight"), tensors.pop(f"{name}.qzeros"),
+                               tensors.pop(f"{name}.scales").to(dtype), tensors.pop(f"{name}.g_idx"),
+                               tensors.pop(f"{name}.bias").to(dtype) if has_bias else None)
+        except ValueError as exc:
+            field = str(exc).split(" ", 1)[0].rstrip(":")
+            tensor = f"{name}.{field}" if field in ("qweight", "qzeros", "scales", "g_idx", "bias") else name
+            raise GPTQCheckpointError(f"{source}: tensor {tensor!r}: {exc}") from None
         parent_name, _, child = name.rpartition(".")
         setattr(modules[parent_name] if parent_name else model, child, new)
     result = model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()},

@@ -208,7 +208,10 @@ def quantize_model_dir(model_dir: str | Path, out_dir: str | Path, cfg: GPTQConf
                        n_samples: int = 32, seq_len: int = 512, batch_size: int = 8, overwrite: bool = False,
                        progress: bool = True, log: Callable[[str], None] = print) -> QuantizeReport:
     """Quantize the HF model in `model_dir` and write a GPTQ checkpoint to `out_dir` (atomically)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from executor.checkpoint_checks import verify_model_dir
+    from executor.tokenizer import load_tokenizer
 
     from .calibration import calibration_windows
     from .checkpoint import read_gptq_config
@@ -220,8 +223,9 @@ def quantize_model_dir(model_dir: str | Path, out_dir: str | Path, cfg: GPTQConf
         raise GPTQCheckpointError(f"{model_dir}: already quantized (config.json has a quantization_config)")
     if out_dir.exists() and not overwrite:
         raise GPTQCheckpointError(f"{out_dir}: already exists (choose another --out or pass --overwrite)")
+    verify_model_dir(model_dir)  # a corrupted source must not become a quietly broken quantized model
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer = load_tokenizer(model_dir)
     ids = tokenizer(calib_text, add_special_tokens=False)["input_ids"]
     windows = calibration_windows(ids, seq_len, n_samples)
     log(f"calibration: {len(ids)} tokens available, using {n_samples} windows of {seq_len} tokens")
