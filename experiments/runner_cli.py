@@ -161,9 +161,9 @@ def demo(trace_path, trace_format, out, spec_path, num_requests, rate_scale, rec
     try:
         overrides = {}
         if trace_path:
-            import yaml
+            from experiments.strict_yaml import load_yaml_file
 
-            base = yaml.safe_load(Path(spec_path).read_text())
+            base = load_yaml_file(spec_path)
             trace = {"path": str(Path(trace_path).resolve()),
                      "transforms": [{"op": "head", "n": num_requests or 48}],
                      "max_prompt_len": base["trace"].get("max_prompt_len", 256),
@@ -172,9 +172,9 @@ def demo(trace_path, trace_format, out, spec_path, num_requests, rate_scale, rec
                 trace["format"] = trace_format
             overrides["trace"] = trace
         if rate_scale is not None:
-            import yaml
+            from experiments.strict_yaml import load_yaml_file
 
-            base = yaml.safe_load(Path(spec_path).read_text()).get("base", {})
+            base = load_yaml_file(spec_path).get("base", {})
             overrides["base"] = {**base, "rate_scale": rate_scale}
         spec = load_spec(spec_path, overrides or None)
         click.echo(f"[2/4] calibrating the simulator ({spec.model}, {spec.dtype})")

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import yaml
 
+from experiments.strict_yaml import DuplicateKeyError, load_yaml_file
 from policy.config import BATCHING_MODES, KV_LAYOUTS, QUEUE_POLICIES, SchedulerConfig
 
 ENGINES = ("sim", "executor")
@@ -214,7 +215,9 @@ def load_spec(path: str | Path, overrides: dict | None = None) -> ExperimentSpec
     if not path.is_file():
         raise SpecError(f"spec file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml_file(path)
+    except DuplicateKeyError as exc:
+        raise SpecError(str(exc)) from None
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML ({exc})") from None
     if overrides:
