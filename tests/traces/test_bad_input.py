@@ -173,3 +173,30 @@ def test_table_rejects_duplicate_ids_bad_lengths_and_nan_arrivals():
         TraceTable.from_dataframe(pd.DataFrame(dict(base, output_len=[-1, 2])), source="t")
     with pytest.raises(ValueError, match="missing required column"):
         TraceTable.from_dataframe(pd.DataFrame({"request_id": ["a"]}), source="t")
+
+
+# issue 17: a binary file given as a trace with --format used to fail with
+# "'utf-8' codec can't decode byte 0xf0 in position 40" and no file named.
+@pytest.mark.parametrize("fmt", ["azure", "mooncake", "bailian", "burstgpt", "sharegpt", "vidur", "canonical-jsonl"])
+def test_binary_file_names_file_line_and_byte_offset(tmp_path, fmt):
+    path = tmp_path / "blob.bin"
+    path.write_bytes(b"TIMESTAMP,ContextTokens,GeneratedTokens\n" + b"\x00\x01" + b"\xf0\x28\x8c\x28" * 4)
+    err = expect_error(path, 2, "not UTF-8 text: byte 0xf0 at byte offset 42", format=fmt)
+    assert fmt in err.reason
+
+
+def test_non_parquet_file_read_as_parquet_names_the_file(tmp_path):
+    path = write(tmp_path, "t.parquet", "not parquet at all\n")
+    expect_error(path, None, "not a readable Parquet file")
+
+
+def test_cli_reports_binary_trace_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from traces.cli import stats
+
+    path = tmp_path / "blob.bin"
+    path.write_bytes(b"x" * 40 + b"\xf0\x28\x8c\x28")
+    res = CliRunner().invoke(stats, [str(path), "--format", "mooncake"])
+    assert res.exit_code != 0 and isinstance(res.exception, SystemExit)
+    assert f"{path}:1: not UTF-8 text: byte 0xf0 at byte offset 40" in res.output

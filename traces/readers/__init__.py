@@ -68,7 +68,7 @@ def read(path, format: str | None = None, **options):
     elif fmt == "canonical-jsonl":
         from traces.readers.canonical import read_jsonl
 
-        return read_jsonl(path, **options)
+        return _read_text_format(read_jsonl, path, fmt, options)
     elif fmt == "canonical-parquet":
         from traces.readers.canonical import read_parquet
 
@@ -79,3 +79,26 @@ def read(path, format: str | None = None, **options):
         return mod.read(path, **options)
     except TypeError as exc:
         raise ValueError(f"{fmt} reader: {exc}") from None
+    except UnicodeDecodeError:
+        raise undecodable(path, fmt) from None
+
+
+def _read_text_format(reader, path, fmt: str, options: dict):
+    try:
+        return reader(path, **options)
+    except UnicodeDecodeError:
+        raise undecodable(path, fmt) from None
+
+
+def undecodable(path, fmt: str) -> TraceFormatError:
+    """The error for a file that is not UTF-8 text, naming the absolute byte offset and the line of
+    the first bad byte (a decoder's own offset is relative to whatever buffer it was reading).
+    Reads the file once more, on this error path only."""
+    data = Path(path).read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return TraceFormatError(path, line, f"not UTF-8 text: byte 0x{data[exc.start]:02x} at byte offset {exc.start} "
+                                            f"cannot be decoded (read as format {fmt!r}; is that the right format?)")
+    return TraceFormatError(path, None, f"not UTF-8 text (read as {fmt})")

@@ -38,7 +38,10 @@ def read_jsonl(path) -> TraceTable:
 
 
 def read_parquet(path) -> TraceTable:
-    df = pd.read_parquet(path)
+    try:
+        df = pd.read_parquet(path)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError; it does not name the file
+        raise TraceFormatError(path, None, f"not a readable Parquet file ({exc})") from None
     for col in ("block_hashes", "prompt_token_ids"):
         if col in df.columns:
             df[col] = [None if v is None else [int(x) for x in v] for v in df[col]]
