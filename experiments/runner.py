@@ -29,6 +29,7 @@ from typing import Callable
 from experiments import model_ref, results
 from experiments.environment import code_fingerprint, machine_fingerprint
 from policy import SchedulerConfig
+from sim.models import check_max_model_len
 from experiments.spec import ExperimentSpec, SpecError, Variant, canonical_json, file_digest
 
 RESULTS_VERSION = 1
@@ -166,6 +167,10 @@ def plan_jobs(spec: ExperimentSpec, *, profile_path: str | None = None) -> list[
     jobs: list[Job] = []
     for i, variant in enumerate(spec.variants):
         knobs = variant.knobs
+        try:
+            check_max_model_len(shape, knobs["max_model_len"], override_hint=None)
+        except ValueError as exc:
+            raise SpecError(f"{spec.source}: variants[{i}] ({variant.name}).max_model_len: {exc}") from None
         try:
             num_blocks = resolve_num_blocks(spec, shape, variant)
         except ValueError as exc:

@@ -98,6 +98,8 @@ def print_summary(summary: dict, title: str) -> None:
 @click.option("--max-num-seqs", default=128, show_default=True, type=int)
 @click.option("--max-num-batched-tokens", default=2048, show_default=True, type=int)
 @click.option("--max-model-len", default=None, type=int, help="Default: the model's max positions, capped at 8192.")
+@click.option("--allow-long-max-model-len", is_flag=True,
+              help="Accept a --max-model-len above the model's max_position_embeddings (refused otherwise).")
 @click.option("--block-size", default=16, show_default=True, type=int)
 @click.option("--no-chunked-prefill", is_flag=True, help="Disable chunked prefill.")
 @click.option("--long-prefill-token-threshold", default=0, show_default=True, type=int)
@@ -115,14 +117,14 @@ def print_summary(summary: dict, title: str) -> None:
 @click.option("--token-times", is_flag=True, help="Also write every output token's time (tokens.*).")
 @click.option("--quiet", is_flag=True, help="No progress bar, no summary table.")
 def sim(trace, trace_format, preset, params, seed, limit, model, hardware, dtype, weight_bits, cost_model,
-        max_num_seqs, max_num_batched_tokens, max_model_len, block_size, no_chunked_prefill,
+        max_num_seqs, max_num_batched_tokens, max_model_len, allow_long_max_model_len, block_size, no_chunked_prefill,
         long_prefill_token_threshold, no_prefix_caching, policy, batching, kv_layout, num_blocks,
         gpu_memory_utilization, slo_ttft_ms, slo_tpot_ms, slo_e2el_ms, out_dir, formats, token_times, quiet):
     """Replay a trace through the discrete-event simulator and print/write its metrics."""
     from sim.cost.base import load_cost_model
     from sim.engine import SimulationStalled, simulate
     from sim.hardware import get_hardware, kv_blocks_for
-    from sim.models import get_model_shape, gptq_bits_from_hf_config
+    from sim.models import check_max_model_len, get_model_shape, gptq_bits_from_hf_config
 
     try:
         shape = get_model_shape(model)
@@ -135,6 +137,7 @@ def sim(trace, trace_format, preset, params, seed, limit, model, hardware, dtype
                 click.echo("note: --kv-layout contiguous has no prefix cache; prefix caching turned off", err=True)
         if max_model_len is None:
             max_model_len = min(shape.max_position_embeddings, 8192)
+        check_max_model_len(shape, max_model_len, allow_longer=allow_long_max_model_len)
         if num_blocks is None:
             hw = get_hardware(hardware)
             num_blocks = kv_blocks_for(shape, hw, gpu_memory_utilization, block_size, dtype, weight_bits=bits,

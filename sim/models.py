@@ -162,3 +162,22 @@ def gptq_bits_from_hf_config(config_path: str | Path) -> tuple[int, int] | None:
     if str(qcfg.get("quant_method", "")).lower() != "gptq":
         return None
     return int(qcfg.get("bits", 4)), int(qcfg.get("group_size", 128))
+
+
+class ContextTooLongError(ValueError):
+    """max_model_len asks for more positions than the model was trained with."""
+
+
+def check_max_model_len(shape: ModelShape, max_model_len: int, *, allow_longer: bool = False,
+                        override_hint: str | None = "pass --allow-long-max-model-len") -> None:
+    """Refuse a `max_model_len` beyond the model's `max_position_embeddings`: the simulator would
+    happily price 131,072-token contexts for an 8,192-position model, and the numbers would look
+    real. `allow_longer` is the explicit override (e.g. to study a RoPE-extended variant)."""
+    if max_model_len < 1:
+        raise ValueError(f"max_model_len={max_model_len} must be >= 1")
+    if max_model_len > shape.max_position_embeddings and not allow_longer:
+        raise ContextTooLongError(
+            f"max_model_len={max_model_len:,} exceeds {shape.name}'s max_position_embeddings="
+            f"{shape.max_position_embeddings:,}; lower it"
+            + (f", or {override_hint} to simulate beyond the trained context anyway" if override_hint else "")
+        )

@@ -73,3 +73,10 @@ def test_replay_writes_tables_and_counts_rejections(tmp_path, tiny_model_dirs, m
     assert summary["total_output_tokens"] == 6
     assert (out / "requests.csv").is_file() and (out / "steps.csv").is_file()
     assert "2 request(s) rejected" in res.output
+
+
+def test_generate_refuses_max_model_len_above_the_models_positions(tiny_model_dirs):
+    res = CliRunner().invoke(generate, ["--model", str(tiny_model_dirs["tiny-qwen2"]), "--prompt", "hi",
+                                        "--max-model-len", "1000000", "--kv-cache-memory", str(2**20)])
+    assert res.exit_code != 0 and isinstance(res.exception, SystemExit), res.output
+    assert "max_model_len=1000000 exceeds the model's max_position_embeddings" in res.output

@@ -122,3 +122,11 @@ def test_bad_trace_parameters_fail_before_any_work(tmp_path):
     with pytest.raises(SpecError, match="trace: .*burstiness"):
         run_spec(spec, tmp_path / "out", workers=1, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_max_model_len_above_the_models_positions_is_refused_before_any_run(tmp_path):
+    # issue 17: the spec runner used to accept a context the model was never trained for
+    spec = load_spec(write(tmp_path, base_spec(model="llama-3-8b", base={"max_model_len": 131072})))
+    with pytest.raises(SpecError, match=r"variants\[0\] \(a\)\.max_model_len: max_model_len=131,072 exceeds "
+                                        r"llama-3-8b's max_position_embeddings=8,192"):
+        plan_jobs(spec)

@@ -65,3 +65,16 @@ def test_tiny_pool_rejects_instead_of_hanging(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["num_requests"] == 20 and summary["num_rejected"] > 0
     assert summary["num_finished"] + summary["num_rejected"] == 20
+
+
+# issue 17: `folovllm sim --max-model-len 131072` with llama-3-8b (8,192 positions) was accepted silently.
+def test_max_model_len_above_the_models_positions_is_refused(tmp_path):
+    out = tmp_path / "out"
+    args = ["--preset", "poisson", "--param", "num_requests=4", "--model", "llama-3-8b", "--quiet",
+            "--max-model-len", "131072", "--out", str(out)]
+    res = CliRunner().invoke(sim, args)
+    assert res.exit_code != 0 and isinstance(res.exception, SystemExit), res.output
+    assert "max_model_len=131,072 exceeds llama-3-8b's max_position_embeddings=8,192" in res.output
+    assert not out.exists()
+    res = CliRunner().invoke(sim, [*args, "--allow-long-max-model-len"])
+    assert res.exit_code == 0, res.output
