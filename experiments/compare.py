@@ -70,6 +70,30 @@ def load_runs(out_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+class ComparisonError(ValueError):
+    """A results folder holds numbers a comparison must not be built on (e.g. a NaN step duration)."""
+
+
+def check_step_durations(out: Path, run_dir: str) -> None:
+    """Every recorded step duration must be a finite number > 0. pandas' means skip NaN, and the
+    summaries turn non-finite metrics into "missing", so a NaN duration would otherwise leave a
+    comparison that looks complete while resting on fewer steps than were run."""
+    path = out / run_dir / "steps.parquet"
+    if not path.is_file():
+        return
+    steps = pd.read_parquet(path)
+    if "duration_s" not in steps.columns or steps.empty:
+        return
+    dur = steps["duration_s"].to_numpy(dtype=float)
+    bad = ~(dur > 0.0) | ~pd.notna(dur) | (dur == math.inf)
+    if bad.any():
+        row = int(bad.nonzero()[0][0])
+        step = steps["step_id"].iloc[row] if "step_id" in steps.columns else row
+        raise ComparisonError(f"{path}: step {step} (row {row}) has duration_s={dur[row]!r}; "
+                              f"{int(bad.sum())} step duration(s) are not finite numbers > 0, "
+                              "so this run cannot be compared")
+
+
 def _request_mape(out: Path, sim_dir: str, exec_dirs: list[str], column: str) -> float | None:
     sim = pd.read_parquet(out / sim_dir / "requests.parquet", columns=["request_id", column]).set_index("request_id")
     apes = []
@@ -105,6 +129,10 @@ def _step_time_error(out: Path, sim_dir: str, exec_dirs: list[str]) -> dict:
                      steps["sum_prefill_context_len"], dec_ctx, steps["prefill_attn_pairs"], steps["num_sampled"])
         pred = pd.Series([model.time_for_shape(tuple(int(v) for v in sh)) for sh in shapes], index=steps.index)
         real = steps["duration_s"]
+        if not (pred > 0).all() or not pred.map(math.isfinite).all():
+            row = int((~((pred > 0) & pred.map(math.isfinite))).to_numpy().nonzero()[0][0])
+            raise ComparisonError(f"{out / sim_dir}: the cost model predicts {pred.iloc[row]!r} s for step "
+                                  f"{steps['step_id'].iloc[row] if 'step_id' in steps else row} of {out / d}")
         apes.append(float(((pred - real).abs() / real).mean()))
         ratios.append(float(pred.sum() / real.sum()))
     if not apes:
@@ -145,6 +173,8 @@ def compare(out_dir: str | Path) -> dict:
                          "repeats": len(measured_all)})
             entry[f"{metric}_predicted"] = predicted
             entry[f"{metric}_measured"] = measured
+        for run_dir in [sim_row["dir"], *real["dir"]]:
+            check_step_durations(out, run_dir)
         entry.update(_step_time_error(out, sim_row["dir"], list(real["dir"])))
         entry["request_mape_ttft"] = _request_mape(out, sim_row["dir"], list(real["dir"]), "ttft_s")
         entry["request_mape_e2el"] = _request_mape(out, sim_row["dir"], list(real["dir"]), "e2el_s")

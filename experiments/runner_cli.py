@@ -26,6 +26,8 @@ def _print_summary(out: Path, comparison: dict | None = None) -> None:
     cols = [("variant", 28), ("engine", 9), ("seed", 4), ("repeat", 3), ("ttft_p50_s", 10), ("ttft_p90_s", 10),
             ("tpot_p50_s", 10), ("e2el_p50_s", 10), ("output_throughput", 10), ("num_preemptions", 7)]
     cols = [(c, w) for c, w in cols if c in runs.columns]
+    # the first column is as wide as the longest variant name: grid rows differ only at the end
+    cols[0] = ("variant", max([len("variant")] + [len(str(v)) for v in runs["variant"]]))
     names = {"ttft_p50_s": "TTFT p50", "ttft_p90_s": "TTFT p90", "tpot_p50_s": "TPOT p50", "e2el_p50_s": "E2EL p50",
              "output_throughput": "out tok/s", "num_preemptions": "preempt", "repeat": "rep"}
     click.echo("  ".join(names.get(c, c).rjust(w) if i else names.get(c, c).ljust(w) for i, (c, w) in enumerate(cols)))
@@ -77,6 +79,7 @@ def _profile_for(spec) -> str | None:
 @click.option("--report/--no-report", default=True, help="Write report.html / report.md at the end.")
 def run(spec_path, out, workers, ray, engines, cost_model, report):
     """Run every variant of the experiment SPEC (YAML) in each requested engine."""
+    from experiments.compare import ComparisonError
     from experiments.spec import SpecError, load_spec
 
     try:
@@ -89,7 +92,7 @@ def run(spec_path, out, workers, ray, engines, cost_model, report):
         out_dir = Path(out) if out else Path("results") / spec.name
         comparison = _run_and_report(spec, out_dir, workers=workers, ray=ray, report=report,
                                      profile_path=_profile_for(spec))
-    except (SpecError, FileNotFoundError) as exc:
+    except (SpecError, FileNotFoundError, ComparisonError) as exc:
         raise _fail(exc) from None
     _print_summary(out_dir, comparison)
 

@@ -94,3 +94,36 @@ def test_compare_without_both_engines_is_empty(tmp_path):
                                                                 "repeat": 0, "rate_scale": 1.0, "dir": rel}]}))
     comp = compare(tmp_path)
     assert comp["rows"] == [] and comp["headline"] is None
+
+
+# issue 17: "the simulator and the comparison refuse NaN durations" (pandas means skip NaN silently).
+@pytest.mark.parametrize("bad", [float("nan"), 0.0, -1.0, float("inf")])
+def test_compare_refuses_non_finite_or_non_positive_step_durations(tmp_path, bad):
+    from experiments.compare import ComparisonError
+
+    jobs = []
+    for engine in ("sim", "executor"):
+        rel = _fake_run(tmp_path, engine, {"output_throughput": 10.0, "ttft_p50_s": 0.1}, [0.1, 0.2])
+        durations = [0.01, bad, 0.02] if engine == "executor" else [0.01, 0.01, 0.01]
+        pd.DataFrame({"step_id": [0, 1, 2], "duration_s": durations}).to_parquet(tmp_path / rel / "steps.parquet")
+        jobs.append({"engine": engine, "variant": "v", "seed": 0, "repeat": 0, "rate_scale": 1.0, "dir": rel})
+    (tmp_path / "index.json").write_text(json.dumps({"jobs": jobs}))
+    with pytest.raises(ComparisonError, match=r"runs/executor/steps\.parquet: step 1 \(row 1\) has duration_s="):
+        compare(tmp_path)
+
+
+def test_simulator_refuses_a_nan_step_duration():
+    from policy import Request, SchedulerConfig
+    from sim import simulate
+
+    class NanCost:
+        def step_time(self, plan):
+            return float("nan")
+
+        def time_for_shape(self, shape):
+            return float("nan")
+
+    reqs = [Request(request_id="r0", prompt_token_ids=[1, 2, 3], max_tokens=2, arrival_time=0.0)]
+    cfg = SchedulerConfig(num_blocks=8, block_size=4, max_model_len=32, max_num_seqs=2, max_num_batched_tokens=16)
+    with pytest.raises(ValueError, match="priced step .* at nan"):
+        simulate(reqs, cfg, NanCost())
