@@ -205,7 +205,8 @@ def replay(trace_path, preset, num_requests, time_scale, seed, out, **opts) -> N
     result = engine.replay(list(requests), time_scale=time_scale)
     req_df = metrics.requests_table(result.recorder.timelines)
     step_df = metrics.steps_table(result.recorder.steps)
-    summary = metrics.summarize(req_df, step_df, metrics.itl_gaps(result.recorder.timelines))
+    summary = metrics.summarize(req_df, step_df, metrics.itl_gaps(result.recorder.timelines),
+                                block_size=engine.scheduler_config.block_size)
     summary.update(engine="executor", model=str(engine.model_dir), wall_s=result.wall_s,
                    rejected=dict(engine.stats.rejected))
     if out is not None:
@@ -214,7 +215,8 @@ def replay(trace_path, preset, num_requests, time_scale, seed, out, **opts) -> N
         metrics.write_table(step_df, out / "steps.csv")
         metrics.write_json(summary, out / "summary.json")
     keys = ("num_requests", "num_finished", "num_rejected", "makespan_s", "output_throughput", "ttft_mean_s",
-            "ttft_p99_s", "tpot_mean_s", "tpot_p99_s", "num_preemptions", "prefix_hit_rate")
+            "ttft_p99_s", "tpot_mean_s", "tpot_p99_s", "num_preemptions", "prefix_hit_rate",
+            "prefix_block_hit_rate")
     for key in keys:
         click.echo(f"{key:>20}: {summary.get(key)}")
     if result.num_rejected:

@@ -19,17 +19,15 @@ import pandas as pd
 
 from experiments import compare as compare_mod
 from experiments import results
+from experiments.metric_names import header, metric_name, scaled
 
-SUMMARY_COLUMNS = [
-    ("variant", "variant"), ("engine", "engine"), ("seed", "seed"), ("repeat", "rep"),
-    ("num_finished", "finished"), ("num_rejected", "rejected"),
-    ("ttft_p50_s", "TTFT p50 (s)"), ("ttft_p90_s", "TTFT p90 (s)"), ("tpot_p50_s", "TPOT p50 (s)"),
-    ("itl_p50_s", "ITL p50 (s)"), ("e2el_p50_s", "E2EL p50 (s)"), ("output_throughput", "out tok/s"),
-    ("request_throughput", "req/s"), ("goodput", "goodput req/s"), ("prefix_hit_rate", "prefix hit"),
-    ("num_preemptions", "preemptions"), ("num_blocks", "KV blocks"), ("kv_usage_max", "KV max"),
-    ("mean_batch_requests", "mean batch"),
-    ("makespan_s", "makespan (s)"),
-]
+# Key columns first (pinned when the table scrolls), then metrics; headers come from metric_names.
+ID_COLUMNS = [("variant", "variant"), ("engine", "engine"), ("seed", "seed"), ("repeat", "rep")]
+SUMMARY_METRICS = ["num_finished", "num_rejected", "ttft_p50_s", "ttft_p90_s", "tpot_p50_s", "itl_p50_s", "e2el_p50_s",
+                   "output_throughput", "request_throughput", "goodput", "prefix_hit_rate", "prefix_block_hit_rate",
+                   "num_preemptions", "num_blocks", "kv_usage_max", "mean_batch_requests", "makespan_s"]
+SUMMARY_COLUMNS = ID_COLUMNS + [(k, header(k)) for k in SUMMARY_METRICS]
+PINNED = 2  # variant and engine stay in view when a wide table scrolls sideways
 ENGINE_STYLE = {"sim": "--", "executor": "-"}
 
 
@@ -65,20 +63,70 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def html_table(df: pd.DataFrame, table_id: str) -> str:
+def html_table(df: pd.DataFrame, table_id: str, *, pinned: int = 0, cell_classes: pd.DataFrame | None = None,
+               cell_titles: pd.DataFrame | None = None) -> str:
+    """An HTML table; the first `pinned` columns stay in view when it scrolls sideways (CSS
+    `position: sticky`), and `cell_classes` / `cell_titles` (same shape as `df`) mark cells."""
     if df.empty:
         return "<p><i>(no rows)</i></p>"
-    shown = df.copy()
-    for c in shown.columns:
-        shown[c] = [html.escape(v) if isinstance(v, str) else fmt(v) for v in shown[c]]
-    return shown.to_html(index=False, escape=False, table_id=table_id, border=0)
+
+    def cls(j: int, extra: str = "") -> str:
+        names = ([f"pin pin{j + 1}"] if j < pinned else []) + ([extra] if extra else [])
+        return f' class="{" ".join(names)}"' if names else ""
+
+    head = "".join(f"<th{cls(j)} scope=\"col\">{html.escape(str(c))}</th>" for j, c in enumerate(df.columns))
+    body = []
+    for i in range(len(df)):
+        cells = []
+        for j, c in enumerate(df.columns):
+            v = df.iat[i, j]
+            text = html.escape(v) if isinstance(v, str) else fmt(v)
+            extra = "" if cell_classes is None else (cell_classes.iat[i, j] or "")
+            title = "" if cell_titles is None else (cell_titles.iat[i, j] or "")
+            title_attr = f' title="{html.escape(title)}"' if title else ""
+            cells.append(f"<td{cls(j, extra)}{title_attr}>{text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<table id="{table_id}" class="data{" pinned" if pinned else ""}">'
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
 
 
 # -- data -----------------------------------------------------------------------------------
 def summary_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run, human headers with units, values in those units (ms, %, tok/s)."""
     cols = [c for c, _ in SUMMARY_COLUMNS if c in runs.columns]
     df = runs[cols].copy()
+    for c in cols:
+        if c in SUMMARY_METRICS:
+            df[c] = [scaled(c, None if pd.isna(v) else v) if not isinstance(v, str) else v for v in df[c]]
     return df.rename(columns=dict(SUMMARY_COLUMNS))
+
+
+def error_frame(comparison: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The predicted-vs-measured table with human metric names and units, plus per-cell CSS
+    classes and hover titles marking errors outside the fidelity bar (and inside the spread)."""
+    err = compare_mod.error_table(comparison)
+    if err.empty:
+        return err, err, err
+    bar = compare_mod.FIDELITY_BAR
+    shown = pd.DataFrame({
+        "variant": err["variant"], "seed": err["seed"],
+        "metric": [header(m) for m in err["metric"]],
+        "predicted": [scaled(m, v) for m, v in zip(err["metric"], err["predicted"])],
+        "measured": [scaled(m, v) for m, v in zip(err["metric"], err["measured"])],
+        "error %": err["error_%"], "spread %": err["spread_%"], "repeats": err["repeats"],
+    })
+    classes = pd.DataFrame("", index=shown.index, columns=shown.columns)
+    titles = pd.DataFrame("", index=shown.index, columns=shown.columns)
+    for i, (e, sp) in enumerate(zip(err["signed_error"], err["spread"])):
+        if e is None or pd.isna(e):
+            continue
+        if abs(e) > bar:
+            classes.iat[i, 5] = "miss"
+            titles.iat[i, 5] = f"outside the ±{bar:.0%} fidelity bar"
+            if sp is not None and not pd.isna(sp) and abs(e) <= sp:
+                classes.iat[i, 5] = "miss noisy"
+                titles.iat[i, 5] += " (but inside the executor's run-to-run spread)"
+    return shown, classes, titles
 
 
 def _load(out: Path, rel: str, name: str) -> pd.DataFrame:
@@ -115,17 +163,32 @@ def _colors(variants: list[str]) -> dict:
     return {v: cmap(i % cmap.N) for i, v in enumerate(variants)}
 
 
+def log_axis_ticks(ax, lo: float, hi: float) -> None:
+    """Readable ticks on a log x axis over [lo, hi]: 1-2-5 steps per decade, or every integer
+    multiple when the data spans less than a decade (matplotlib alone labels one tick, or none)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    decades = math.log10(hi / lo) if lo > 0 and hi > lo else 0.0
+    subs = (1.0, 2.0, 5.0) if decades >= 1.0 else tuple(float(k) for k in range(1, 10))
+    ax.xaxis.set_major_locator(LogLocator(base=10.0, subs=subs, numticks=40))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.6g}"))
+    ax.xaxis.set_minor_locator(LogLocator(base=10.0, subs=tuple(float(k) for k in range(1, 10)), numticks=40))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def fig_cdfs(out: Path, runs: pd.DataFrame, colors: dict) -> list[dict]:
     plt = _plt()
     figs = []
-    for column, title in (("ttft_s", "TTFT CDF"), ("tpot_s", "TPOT CDF")):
+    for column, name in (("ttft_s", "TTFT"), ("tpot_s", "TPOT")):
+        title = f"{name} CDF"
         fig, ax = plt.subplots(figsize=(8, 4.2))
-        drawn = 0
+        drawn, lo, hi = 0, math.inf, 0.0
         for _, run in _first_runs(runs).iterrows():
-            values = _load(out, run["dir"], "requests")[column].dropna().to_numpy()
+            values = _load(out, run["dir"], "requests")[column].dropna().to_numpy() * 1e3
+            values = np.sort(values[values > 0])
             if not len(values):
                 continue
-            values = np.sort(values)
+            lo, hi = min(lo, float(values[0])), max(hi, float(values[-1]))
             ax.step(values, np.arange(1, len(values) + 1) / len(values), where="post",
                     linestyle=ENGINE_STYLE.get(run["engine"], "-"), color=colors[run["variant"]],
                     label=f"{run['variant']} [{run['engine']}]")
@@ -133,13 +196,13 @@ def fig_cdfs(out: Path, runs: pd.DataFrame, colors: dict) -> list[dict]:
         if not drawn:
             plt.close(fig)
             continue
-        ax.set_xlabel(column.replace("_s", " (s)").upper())
+        ax.set_xlabel(f"{name} (ms, log scale)")
         ax.set_ylabel("fraction of requests")
         ax.set_xscale("log")
-        from matplotlib.ticker import NullFormatter
-
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.grid(alpha=0.3)
+        log_axis_ticks(ax, lo, hi)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.grid(alpha=0.3, which="major")
+        ax.grid(alpha=0.1, which="minor")
         ax.legend(fontsize=7, loc="lower right")
         ax.set_title(f"{title} (solid: executor, dashed: simulator)")
         figs.append({"title": title, "data": _png(fig)})
@@ -175,6 +238,9 @@ def fig_throughput_vs_rate(out: Path, runs: pd.DataFrame, colors: dict, spec: di
 def fig_over_time(out: Path, runs: pd.DataFrame, colors: dict) -> list[dict]:
     plt = _plt()
     first = _first_runs(runs)
+    first = first[[not _load(out, r["dir"], "steps").empty for _, r in first.iterrows()]]
+    if first.empty:
+        return []
     engines = list(dict.fromkeys(first["engine"]))
     fig, axes = plt.subplots(2, len(engines), figsize=(6 * len(engines), 6.5), squeeze=False, sharex="col")
     for j, engine in enumerate(engines):
@@ -199,28 +265,50 @@ def fig_over_time(out: Path, runs: pd.DataFrame, colors: dict) -> list[dict]:
 
 
 def fig_prefix_preemptions(runs: pd.DataFrame, colors: dict) -> list[dict]:
+    """Bar charts of prefix-cache hit rates (tokens and blocks) and of preemptions, each drawn
+    only when it has something to show: an all-zero chart is noise a reader must decode."""
     plt = _plt()
     first = _first_runs(runs)
     labels = [f"{r['variant']}\n[{r['engine']}]" for _, r in first.iterrows()]
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.7 * len(labels) + 4), 4))
     x = np.arange(len(labels))
-    hit = [r.get("prefix_hit_rate") or 0.0 for _, r in first.iterrows()]
-    pre = [r.get("num_preemptions") or 0 for _, r in first.iterrows()]
     col = [colors[r["variant"]] for _, r in first.iterrows()]
-    axes[0].bar(x, hit, color=col)
-    axes[0].set_title("prefix-cache hit rate (tokens)")
-    axes[0].set_ylim(0, 1)
-    axes[1].bar(x, pre, color=col)
-    axes[1].set_title("preemptions")
-    for ax in axes:
+
+    def value(r, key):
+        v = r.get(key)
+        return 0.0 if v is None or pd.isna(v) else float(v)
+
+    hit = [value(r, "prefix_hit_rate") for _, r in first.iterrows()]
+    block_hit = [value(r, "prefix_block_hit_rate") for _, r in first.iterrows()]
+    pre = [value(r, "num_preemptions") for _, r in first.iterrows()]
+    panels = []
+    if any(hit) or any(block_hit):
+        panels.append(("prefix-cache hit rate (%)", "hit"))
+    if any(pre):
+        panels.append(("preemptions", "pre"))
+    if not panels:
+        return []
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(8, 0.7 * len(labels) + 4), 4), squeeze=False)
+    for ax, (title, kind) in zip(axes[0], panels):
+        if kind == "hit":
+            width = 0.4
+            ax.bar(x - width / 2, [100 * h for h in hit], width, color=col, label="tokens")
+            ax.bar(x + width / 2, [100 * h for h in block_hit], width, color=col, alpha=0.5, hatch="//",
+                   label="full prompt blocks")
+            ax.set_ylim(0, 100)
+            ax.legend(fontsize=7)
+        else:
+            ax.bar(x, pre, color=col)
+        ax.set_title(title)
         ax.set_xticks(x)
         ax.set_xticklabels(labels, fontsize=6, rotation=60, ha="right")
         ax.grid(alpha=0.3, axis="y")
-    return [{"title": "Prefix hit rate and preemptions", "data": _png(fig)}]
+    title = " and ".join(("prefix hit rate" if k == "hit" else "preemptions") for _, k in panels)
+    return [{"title": title[0].upper() + title[1:], "data": _png(fig)}]
 
 
 def fig_predicted_vs_measured(comparison: dict, colors: dict) -> list[dict]:
-    rows = [r for r in comparison["rows"] if r["headline"] and r["predicted"] and r["measured"]]
+    rows = [{**r, "predicted": scaled(r["metric"], r["predicted"]), "measured": scaled(r["metric"], r["measured"])}
+            for r in comparison["rows"] if r["headline"] and r["predicted"] and r["measured"]]
     if not rows:
         return []
     plt = _plt()
@@ -242,7 +330,7 @@ def fig_predicted_vs_measured(comparison: dict, colors: dict) -> list[dict]:
         if hi / lo > 20:
             ax.set_xscale("log")
             ax.set_yscale("log")
-        ax.set_title(metric, fontsize=9)
+        ax.set_title(header(metric), fontsize=9)
         ax.set_xlabel("measured (executor)", fontsize=8)
         ax.set_ylabel("predicted (sim)", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -281,11 +369,12 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
     figures += fig_prefix_preemptions(runs, colors)
 
     summary = summary_frame(runs)
-    err = compare_mod.error_table(comparison)
-    notes = []
+    err, err_classes, err_titles = error_frame(comparison)
+    notes = []      # facts a reader may want (bottom of the page)
+    warnings = []   # things that change how to read the numbers (top of the page, beside the headline)
     planned = len(results.read_json(out / "index.json")["jobs"])
     if len(runs) < planned:
-        notes.append(f"{planned - len(runs)} of {planned} planned run(s) have not finished; rerun the spec to complete them.")
+        warnings.append(f"{planned - len(runs)} of {planned} planned run(s) have not finished; rerun the spec to complete them.")
     rejected = int(runs.get("num_rejected", pd.Series(dtype=int)).fillna(0).sum())
     if rejected:
         notes.append(f"{rejected} request(s) were rejected by the scheduler across runs (see each run's requests table).")
@@ -304,7 +393,7 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
             loads.append(load[0])
     cores = env.get("cpu_count") or 1
     if loads and max(loads) > 0.75 * cores:
-        notes.append(f"the machine was busy during executor runs: 1-minute load average up to {max(loads):.1f} on "
+        warnings.append(f"The machine was busy during executor runs: 1-minute load average up to {max(loads):.1f} on "
                      f"{cores} core(s) before a run. Other processes compete for the CPU, so measured times include "
                      "their interference; compare the error with the run-to-run spread.")
     env_rows = pd.DataFrame([(k, str(v)) for k, v in _flatten(env).items()], columns=["field", "value"])
@@ -316,14 +405,21 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
         name=spec.get("name", out.name), description=spec.get("description", ""),
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), out_dir=str(out),
         engines=list(dict.fromkeys(runs["engine"])), num_runs=len(runs), headline=headline,
-        rankings=comparison.get("rankings", {}), error_table=html_table(err, "errors") if not err.empty else "",
-        summary_table=html_table(summary, "summary"), figures=figures, notes=notes,
+        rankings=comparison.get("rankings", {}),
+        error_table=html_table(err, "errors", pinned=1, cell_classes=err_classes, cell_titles=err_titles)
+        if not err.empty else "",
+        summary_table=html_table(summary, "summary-table", pinned=PINNED), figures=figures, notes=notes,
+        warnings=warnings, bar=compare_mod.FIDELITY_BAR, num_misses=int((err_classes == "miss").sum().sum()
+                                                                         + (err_classes == "miss noisy").sum().sum())
+        if not err.empty else 0,
+        summary_legend=summary_legend(summary.columns),
         environment_table=html_table(env_rows, "environment"), spec_yaml=yaml.safe_dump(spec, sort_keys=False),
         pct=pct, fmt=fmt,
     )
     html_path = _write_text(out / "report.html", page)
 
     md = [f"# {spec.get('name', out.name)}\n", f"{spec.get('description', '')}\n"]
+    md.extend(f"> **Warning:** {w}\n" for w in warnings)
     if headline:
         md.append("## Predicted vs measured\n")
         md.append(f"Median |error| across {', '.join(headline['metrics'])} over {headline['num_variants']} variant(s): "
@@ -334,7 +430,12 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
             same = "" if r.get("same_order") is None else (" — same order" if r["same_order"] else " — different order")
             md.append(f"- ranking by {metric}: Kendall tau = {fmt(r.get('tau'))}{same}")
         md.append("")
-        md.append(markdown_table(err))
+        marked = err.copy()
+        marked["error %"] = [f"{fmt(v)}{' ✗' if 'miss' in c else ''}" for v, c in zip(err["error %"], err_classes["error %"])]
+        md.append(markdown_table(marked))
+        md.append(f"error % = (predicted − measured) / measured × 100 (negative: the simulator is optimistic); ✗ marks "
+                  f"|error| above the ±{compare_mod.FIDELITY_BAR:.0%} fidelity bar. spread % = (max − min) / median of "
+                  "the executor's repeats × 100: an error inside it is measurement noise.\n")
     md.append("## Summary per variant and engine\n")
     md.append(markdown_table(summary))
     if notes:
@@ -346,6 +447,28 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
     md.append(f"Figures: see report.html ({len(figures)} figures).\n")
     md_path = _write_text(out / "report.md", "\n".join(md))
     return html_path, md_path
+
+
+def summary_legend(columns) -> list[tuple[str, str]]:
+    """What each summary column means (shown under the table)."""
+    meaning = {
+        "rep": "executor repeat of the same variant (0, 1, ...)",
+        "TTFT p50 (ms)": "time to first token: first output token − arrival; median over requests",
+        "TTFT p90 (ms)": "time to first token, 90th percentile",
+        "TPOT p50 (ms)": "time per output token after the first: (finish − first token) / (output tokens − 1)",
+        "ITL p50 (ms)": "inter-token latency: every gap between consecutive output tokens",
+        "E2EL p50 (ms)": "end-to-end latency: finish − arrival",
+        "output throughput (tok/s)": "output tokens / makespan",
+        "request throughput (req/s)": "finished requests / makespan",
+        "goodput (req/s)": "requests per second meeting the spec's SLOs",
+        "prefix hit, tokens (%)": "share of admitted prompt tokens served from the prefix cache",
+        "prefix hit, blocks (%)": "share of full prompt KV blocks found in the prefix cache",
+        "KV blocks": "size of the paged KV pool",
+        "KV usage max (%)": "highest share of KV blocks in use at any step",
+        "mean batch (req)": "requests per engine step, mean over steps",
+        "makespan (s)": "first arrival to last finish",
+    }
+    return [(c, meaning[c]) for c in columns if c in meaning]
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -23,11 +23,12 @@ from traces.timeline import TimelineRecorder
 TMP_PREFIX = ".tmp-"
 
 
-def summarize_recorder(recorder: TimelineRecorder, slo: dict, scheduler_stats: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def summarize_recorder(recorder: TimelineRecorder, slo: dict, scheduler_stats: dict,
+                       block_size: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     requests = metrics.requests_table(recorder.timelines)
     steps = metrics.steps_table(recorder.steps)
     itl = metrics.itl_gaps(recorder.timelines)
-    summary = metrics.summarize(requests, steps, itl, **{f"slo_{k}": v for k, v in slo.items()})
+    summary = metrics.summarize(requests, steps, itl, block_size=block_size, **{f"slo_{k}": v for k, v in slo.items()})
     queried = scheduler_stats.get("prefix_queries_tokens", 0)
     summary["scheduler_prefix_hit_rate"] = scheduler_stats.get("prefix_hit_tokens", 0) / queried if queried else None
     summary["scheduler_num_preemptions"] = scheduler_stats.get("num_preemptions")
@@ -38,7 +39,8 @@ def write_run(final_dir: Path, recorder: TimelineRecorder, *, slo: dict, schedul
     """Write a whole run folder atomically (tmp sibling + rename)."""
     final_dir = Path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
-    requests, steps, summary = summarize_recorder(recorder, slo, scheduler_stats)
+    block_size = (run_info.get("knobs") or {}).get("block_size")
+    requests, steps, summary = summarize_recorder(recorder, slo, scheduler_stats, block_size=block_size)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final_dir.name}-", dir=final_dir.parent))
     os.chmod(tmp, 0o755)
     try:

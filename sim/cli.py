@@ -63,7 +63,8 @@ def summary_rows(summary: dict) -> list[tuple[str, str]]:
                      "/".join(ms(f"{name}_{s}_s") for s in ("mean", "p50", "p90", "p99"))))
     rows += [
         ("KV usage time-weighted mean / max", f"{num('kv_usage_mean', '{:.3f}')} / {num('kv_usage_max', '{:.3f}')}"),
-        ("prefix hit rate (tokens)", num("prefix_hit_rate", "{:.3f}")),
+        ("prefix hit rate (tokens / full blocks)",
+         f"{num('prefix_hit_rate', '{:.3f}')} / {num('prefix_block_hit_rate', '{:.3f}')}"),
         ("preemptions (events / requests)", f"{summary['num_preemptions']} / {summary['num_preempted_requests']}"),
         ("steps", str(summary["num_steps"])),
     ]

@@ -38,7 +38,8 @@ class SimResult:
 
     @cached_property
     def summary(self) -> dict:
-        out = metrics.summarize(self.requests_df, self.steps_df, self.itl, **self.slo)
+        out = metrics.summarize(self.requests_df, self.steps_df, self.itl, block_size=self.scheduler_config.block_size,
+                                **self.slo)
         queried = self.scheduler_stats.get("prefix_queries_tokens", 0)
         out["scheduler_prefix_hit_rate"] = (
             self.scheduler_stats.get("prefix_hit_tokens", 0) / queried if queried else None

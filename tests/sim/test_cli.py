@@ -78,3 +78,13 @@ def test_max_model_len_above_the_models_positions_is_refused(tmp_path):
     assert not out.exists()
     res = CliRunner().invoke(sim, [*args, "--allow-long-max-model-len"])
     assert res.exit_code == 0, res.output
+
+
+def test_summary_reports_block_hit_rate_beside_token_hit_rate(tmp_path):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(sim, ["--preset", "shared-prefix", "--param", "num_groups=2", "--param",
+                                   "prompts_per_group=4", "--model", "qwen3-0.6b", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "prefix hit rate (tokens / full blocks)" in res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 < summary["prefix_block_hit_rate"] <= 1 and summary["prefix_query_blocks"] > 0

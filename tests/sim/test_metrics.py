@@ -96,3 +96,16 @@ def test_write_atomically_and_reject_unknown_formats(tmp_path, timelines):
 def test_token_times_table(timelines):
     df = metrics.token_times_table(timelines)
     assert len(df) == 9 and df[df.request_id == "c"].token_index.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_block_hit_rate_beside_the_token_hit_rate(timelines):
+    # admitted: a (100 tokens, 32 cached), b (50, 0), c (20, 0); rejected d does not count.
+    # Full 16-token blocks: 6 + 3 + 1 = 10; cached blocks: 2. A fully cached 32-token prompt
+    # recomputes its last token (31 cached) and still hits both of its blocks.
+    summary = metrics.summarize(metrics.requests_table(timelines), metrics.steps_table([]), block_size=16)
+    assert summary["prefix_hit_rate"] == pytest.approx(32 / 170)
+    assert (summary["prefix_hit_blocks"], summary["prefix_query_blocks"]) == (2, 10)
+    assert summary["prefix_block_hit_rate"] == pytest.approx(0.2)
+    full = metrics.requests_table([_tl("e", 0.0, [1.0], prompt=32, cached=31)])
+    assert metrics.block_hit_rate(full, 16)["prefix_block_hit_rate"] == 1.0
+    assert "prefix_block_hit_rate" not in metrics.summarize(metrics.requests_table(timelines), metrics.steps_table([]))
