@@ -117,13 +117,14 @@ def error_frame(comparison: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
     })
     classes = pd.DataFrame("", index=shown.index, columns=shown.columns)
     titles = pd.DataFrame("", index=shown.index, columns=shown.columns)
-    for i, (e, sp) in enumerate(zip(err["signed_error"], err["spread"])):
+    for i, (e, sp) in enumerate(zip(err["error_%"], err["spread_%"])):
         if e is None or pd.isna(e):
             continue
+        e, sp = e / 100, (None if sp is None or pd.isna(sp) else sp / 100)
         if abs(e) > bar:
             classes.iat[i, 5] = "miss"
             titles.iat[i, 5] = f"outside the ±{bar:.0%} fidelity bar"
-            if sp is not None and not pd.isna(sp) and abs(e) <= sp:
+            if sp is not None and abs(e) <= sp:
                 classes.iat[i, 5] = "miss noisy"
                 titles.iat[i, 5] += " (but inside the executor's run-to-run spread)"
     return shown, classes, titles
@@ -412,7 +413,7 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
         warnings=warnings, bar=compare_mod.FIDELITY_BAR, num_misses=int((err_classes == "miss").sum().sum()
                                                                          + (err_classes == "miss noisy").sum().sum())
         if not err.empty else 0,
-        summary_legend=summary_legend(summary.columns),
+        summary_legend=summary_legend(summary.columns), label=lambda key: metric_name(key).label,
         environment_table=html_table(env_rows, "environment"), spec_yaml=yaml.safe_dump(spec, sort_keys=False),
         pct=pct, fmt=fmt,
     )
@@ -422,13 +423,13 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
     md.extend(f"> **Warning:** {w}\n" for w in warnings)
     if headline:
         md.append("## Predicted vs measured\n")
-        md.append(f"Median |error| across {', '.join(headline['metrics'])} over {headline['num_variants']} variant(s): "
+        md.append(f"Median |error| across {', '.join(metric_name(m).label for m in headline['metrics'])} over {headline['num_variants']} variant(s): "
                   f"**{pct(headline['median_abs_error'])}** (max {pct(headline['max_abs_error'])}); executor run-to-run "
                   f"spread (median) {pct(headline['median_run_to_run_spread'])}; cost-model error on the executor's own "
                   f"steps (median step MAPE) {pct(headline.get('step_time_mape'))}.\n")
         for metric, r in comparison["rankings"].items():
             same = "" if r.get("same_order") is None else (" — same order" if r["same_order"] else " — different order")
-            md.append(f"- ranking by {metric}: Kendall tau = {fmt(r.get('tau'))}{same}")
+            md.append(f"- ranking by {metric_name(metric).label}: Kendall tau = {fmt(r.get('tau'))}{same}")
         md.append("")
         marked = err.copy()
         marked["error %"] = [f"{fmt(v)}{' ✗' if 'miss' in c else ''}" for v, c in zip(err["error %"], err_classes["error %"])]

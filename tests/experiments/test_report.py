@@ -4,6 +4,7 @@ Markdown summary; plus the whole path sim + executor -> comparison -> report (sl
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 import shutil
@@ -67,21 +68,103 @@ def _chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=90)
 
 
+def _demo_like(sim_results: Path, tmp_path: Path) -> Path:
+    """The sim-only results plus, per variant, an "executor" run (a copy of the sim run with its
+    throughput moved by +30 % for one variant) recorded on a busy machine: the shape of a demo
+    report (comparison table, a miss against the fidelity bar, the machine-load warning) without
+    running the executor."""
+    out = tmp_path / "demo-like"
+    shutil.copytree(sim_results, out)
+    index = json.loads((out / "index.json").read_text())
+    extra = []
+    for k, job in enumerate(j for j in index["jobs"] if j["engine"] == "sim"):
+        src, dst = out / job["dir"], out / (job["dir"] + "-exec")
+        shutil.copytree(src, dst)
+        run = json.loads((dst / "run.json").read_text())
+        (dst / "run.json").write_text(json.dumps({**run, "engine": "executor", "load_before": [5.0, 4.0, 3.0]}))
+        summary = json.loads((dst / "summary.json").read_text())
+        if k == 0:
+            summary["output_throughput"] *= 1.3
+        (dst / "summary.json").write_text(json.dumps(summary))
+        extra.append({**job, "engine": "executor", "dir": job["dir"] + "-exec"})
+    index["jobs"] += extra
+    (out / "index.json").write_text(json.dumps(index))
+    return out
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium (/usr/bin/chromium, Debian package 'chromium') "
                                              "is not installed; `make install` installs it")
 def test_report_renders_in_headless_chromium(sim_results, tmp_path):
-    html_path, _ = write_report(sim_results)
-    dom = _chromium(["--dump-dom", html_path.resolve().as_uri()], tmp_path)
+    """At 1400 px (issue 17's screenshot width): every summary column is on the page without
+    scrolling, the legend explains error and spread, the load warning sits at the top beside the
+    headline, and a cell outside the fidelity bar is marked."""
+    from experiments.report import SUMMARY_COLUMNS, summary_frame
+    from experiments.compare import load_runs
+
+    out = _demo_like(sim_results, tmp_path)
+    html_path, md_path = write_report(out)
+    dom = _chromium(["--window-size=1400,3000", "--dump-dom", html_path.resolve().as_uri()], tmp_path)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert len(re.findall(r"<img[^>]+src=\"data:image/png;base64,", dom.stdout)) >= 4
-    assert 'id="summary"' in dom.stdout and "<td>prefix-off/rate_scale=2.0</td>" in dom.stdout
+    page = dom.stdout
+    assert len(re.findall(r"<img[^>]+src=\"data:image/png;base64,", page)) >= 4
+    assert 'id="summary"' in page and re.search(r'<td class="pin pin1">prefix-off/rate_scale=2\.0</td>', page)
+
+    # every summary column, with its human header, and the table fits: no scroll hint at 1400 px
+    table = re.search(r'<div class="scroll( overflows)?"><table id="summary-table".*?</table>', page, re.S)
+    assert table and table.group(1) is None, "summary table overflows the page at 1400 px"
+    headers = [html.unescape(h) for h in re.findall(r"<th(?:\s[^>]*)?>(.*?)</th>", table.group(0))]
+    expected = list(summary_frame(load_runs(out)).columns)
+    assert headers == expected
+    for key in ("ttft_p50_s", "output_throughput", "prefix_block_hit_rate", "kv_usage_max", "mean_batch_requests",
+                "makespan_s"):
+        assert dict(SUMMARY_COLUMNS)[key] in headers
+    assert "TTFT p50 (ms)" in headers and "ttft_p50_s" not in page.split('id="spec"')[0]
+
+    # the legend explains error % and spread %
+    legend = re.search(r'<dl class="legend" id="legend">(.*?)</dl>', page, re.S)
+    assert legend and "error %" in legend.group(1) and "spread %" in legend.group(1)
+    assert "(predicted − measured) / measured" in legend.group(1)
+
+    # warnings at the top, beside the headline, before any table
+    top = page.index('<div class="top">')
+    assert top < page.index('id="warnings"') < page.index('id="headline"') < page.index('id="fidelity"')
+    assert "The machine was busy during executor runs" in page[page.index('id="warnings"'):page.index('id="headline"')]
+    assert page.index('id="warnings"') < page.index('id="summary"')
+
+    # the +30 % throughput cell misses the ±10 % bar and is marked
+    errors = re.search(r'<table id="errors".*?</table>', page, re.S).group(0)
+    assert len(re.findall(r'<td class="miss"', errors)) == 1
+    assert "1 cell(s) outside it" in page
+    assert "| output throughput (tok/s) |" in md_path.read_text() or "output throughput (tok/s)" in md_path.read_text()
+
     shot = tmp_path / "shot.png"
-    res = _chromium([f"--screenshot={shot}", "--window-size=1200,2400", html_path.resolve().as_uri()], tmp_path)
+    res = _chromium([f"--screenshot={shot}", "--window-size=1400,2400", html_path.resolve().as_uri()], tmp_path)
     assert res.returncode == 0 and shot.is_file(), res.stderr[-2000:]
     import matplotlib.image as mpimg
 
     pixels = mpimg.imread(shot)
     assert pixels.std() > 0.05  # not a blank page: text, tables and plots
+
+
+def test_no_empty_preemption_chart_and_readable_log_ticks(sim_results):
+    """No run preempted: no preemptions chart (issue 17 saw an empty one). The CDF axes get
+    several labelled ticks even when the data spans less than a decade."""
+    from experiments.compare import load_runs
+    from experiments.report import _colors, _plt, fig_prefix_preemptions, log_axis_ticks
+
+    runs = load_runs(sim_results)
+    assert int(runs["num_preemptions"].sum()) == 0
+    titles = [f["title"] for f in fig_prefix_preemptions(runs, _colors(list(runs["variant"].unique())))]
+    assert titles == ["Prefix hit rate"]
+    plt = _plt()
+    fig, ax = plt.subplots()
+    ax.set_xscale("log")
+    ax.set_xlim(1.6, 7.5)
+    log_axis_ticks(ax, 1.6, 7.5)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text() and 1.6 <= t.get_position()[0] <= 7.5]
+    plt.close(fig)
+    assert len(labels) >= 3, labels
 
 
 @pytest.mark.slow
