@@ -77,7 +77,10 @@ def _profile_for(spec) -> str | None:
 @click.option("--cost-model", "cost_model", default=None,
               help="Override the spec's cost model: roofline, calibrated, or a profile .json.")
 @click.option("--report/--no-report", default=True, help="Write report.html / report.md at the end.")
-def run(spec_path, out, workers, ray, engines, cost_model, report):
+@click.option("--arrival-mode", type=click.Choice(["batch", "spread"]), default=None,
+              help="Override the spec's trace.arrival_mode (traces with quantised timestamps, e.g. Mooncake): "
+                   "batch keeps each ~3 s bucket together, spread places its arrivals inside the bucket (seeded).")
+def run(spec_path, out, workers, ray, engines, cost_model, report, arrival_mode):
     """Run every variant of the experiment SPEC (YAML) in each requested engine."""
     from experiments.compare import ComparisonError
     from experiments.spec import SpecError, load_spec
@@ -88,6 +91,11 @@ def run(spec_path, out, workers, ray, engines, cost_model, report):
             overrides["engines"] = [e.strip() for e in engines.split(",") if e.strip()]
         if cost_model:
             overrides["cost_model"] = cost_model
+        if arrival_mode:
+            from experiments.strict_yaml import load_yaml_file
+
+            load_spec(spec_path)  # a missing or malformed spec is reported as such before it is read here
+            overrides["trace"] = {**load_yaml_file(spec_path)["trace"], "arrival_mode": arrival_mode}
         spec = load_spec(spec_path, overrides or None)
         out_dir = Path(out) if out else Path("results") / spec.name
         comparison = _run_and_report(spec, out_dir, workers=workers, ray=ray, report=report,

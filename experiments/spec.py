@@ -121,7 +121,8 @@ TOP_LEVEL = {
     "executor": dict,
 }
 TRACE_KEYS = {"path": str, "format": str, "preset": str, "params": dict, "transforms": list,
-              "max_prompt_len": int, "max_output_len": int}
+              "max_prompt_len": int, "max_output_len": int, "arrival_mode": str}
+ARRIVAL_MODES = ("batch", "spread")  # quantised-timestamp traces (Mooncake); spread is seeded by the spec's seed
 SLO_KEYS = {"ttft_s": (int, float), "tpot_s": (int, float), "e2el_s": (int, float)}
 EXECUTOR_KEYS = {"warmup": bool, "device": str, "threads": int}
 
@@ -360,6 +361,10 @@ def _parse_trace(trace: dict, base_dir: Path | None) -> dict:
             raise SpecError(f"trace.preset: {trace['preset']!r} is unknown; allowed: {sorted(PRESETS)}")
         if "format" in trace:
             raise SpecError("trace.format: only meaningful with trace.path")
+        if "arrival_mode" in trace:
+            raise SpecError("trace.arrival_mode: only meaningful with trace.path (a trace with quantised timestamps)")
+    if "arrival_mode" in trace and trace["arrival_mode"] not in ARRIVAL_MODES:
+        raise SpecError(f"trace.arrival_mode: {trace['arrival_mode']!r} is not allowed; allowed: {list(ARRIVAL_MODES)}")
     for i, step in enumerate(trace.get("transforms", [])):
         where = f"trace.transforms[{i}]"
         _check_type(where, step, dict)

@@ -25,7 +25,9 @@ def load_table(trace: dict, seed: int):
     from traces import transforms as tf
 
     if "path" in trace:
-        table = traces.load(trace["path"], format=trace.get("format"))
+        mode = trace.get("arrival_mode")
+        options = {} if mode is None else {"arrival_mode": mode, **({"seed": seed} if mode == "spread" else {})}
+        table = traces.load(trace["path"], format=trace.get("format"), **options)
     else:
         table = traces.generate(trace["preset"], seed=seed, **trace.get("params", {}))
     for step in trace.get("transforms", []):

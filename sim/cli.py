@@ -24,7 +24,8 @@ def _parse_params(pairs: tuple[str, ...]) -> dict:
     return params
 
 
-def _load_trace(trace: str | None, preset: str | None, trace_format: str | None, seed: int, params: dict):
+def _load_trace(trace: str | None, preset: str | None, trace_format: str | None, seed: int, params: dict,
+                arrival_mode: str | None = None):
     import traces
 
     if (trace is None) == (preset is None):
@@ -32,7 +33,12 @@ def _load_trace(trace: str | None, preset: str | None, trace_format: str | None,
     if trace is not None:
         if params:
             raise click.UsageError("--param only applies to --preset")
-        return traces.load(trace, format=trace_format)
+        if arrival_mode is None:
+            return traces.load(trace, format=trace_format)
+        return traces.load(trace, format=trace_format, arrival_mode=arrival_mode,
+                           **({"seed": seed} if arrival_mode == "spread" else {}))
+    if arrival_mode is not None:
+        raise click.UsageError("--arrival-mode only applies to --trace files with quantised timestamps")
     return traces.generate(preset, seed=seed, **params)
 
 
@@ -86,9 +92,13 @@ def print_summary(summary: dict, title: str) -> None:
 @click.command(name="sim")
 @click.option("--trace", "trace", type=click.Path(exists=True, dir_okay=True), help="Trace file (any format traces.load reads).")
 @click.option("--trace-format", default=None, help="Force the trace format instead of detecting it.")
+@click.option("--arrival-mode", type=click.Choice(["batch", "spread"]), default=None,
+              help="Traces with quantised timestamps (Mooncake, ~3 s buckets): keep each bucket's arrivals "
+                   "together (batch, the reader's default) or spread them inside the bucket (spread; seeded by --seed).")
 @click.option("--preset", default=None, help="Generate a trace instead: nano-vllm, poisson, azure-conv-like, ...")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Generator parameter (repeatable).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generated trace.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the generated trace (and of --arrival-mode spread).")
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="Replay only the first N requests.")
 @click.option("--model", default="llama-3-8b", show_default=True, help="Model preset name or HF model directory.")
 @click.option("--hardware", default="h100-sxm", show_default=True, help="Hardware preset or hardware .json.")
@@ -117,7 +127,7 @@ def print_summary(summary: dict, title: str) -> None:
 @click.option("--format", "formats", default="parquet,csv", show_default=True, help="Table formats to write.")
 @click.option("--token-times", is_flag=True, help="Also write every output token's time (tokens.*).")
 @click.option("--quiet", is_flag=True, help="No progress bar, no summary table.")
-def sim(trace, trace_format, preset, params, seed, limit, model, hardware, dtype, weight_bits, cost_model,
+def sim(trace, trace_format, arrival_mode, preset, params, seed, limit, model, hardware, dtype, weight_bits, cost_model,
         max_num_seqs, max_num_batched_tokens, max_model_len, allow_long_max_model_len, block_size, no_chunked_prefill,
         long_prefill_token_threshold, no_prefix_caching, policy, batching, kv_layout, num_blocks,
         gpu_memory_utilization, slo_ttft_ms, slo_tpot_ms, slo_e2el_ms, out_dir, formats, token_times, quiet):
@@ -154,7 +164,7 @@ def sim(trace, trace_format, preset, params, seed, limit, model, hardware, dtype
         bad = [f for f in fmts if f not in ("parquet", "csv")]
         if bad:
             raise ValueError(f"--format {formats!r}: unknown format(s) {bad}; supported are parquet, csv")
-        table = _load_trace(trace, preset, trace_format, seed, _parse_params(params))
+        table = _load_trace(trace, preset, trace_format, seed, _parse_params(params), arrival_mode)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -20,6 +20,8 @@ def detect_format(path) -> str:
         return "canonical-parquet"
     with open(path, encoding="utf-8", errors="replace") as fh:
         head = fh.read(4096)
+    if head.startswith("# note: "):  # the canonical JSONL's notes header
+        return "canonical-jsonl"
     first = head.lstrip().split("\n", 1)[0]
     looks_json = first.startswith(("{", "["))
     if suffix == ".csv" or ("," in first and not looks_json):
@@ -49,10 +51,17 @@ def detect_format(path) -> str:
     raise TraceFormatError(path, 1, f"cannot tell the trace format; give --format (one of {', '.join(FORMATS)})")
 
 
+QUANTISED_FORMATS = ("mooncake",)  # formats whose timestamps are bucketed: arrival_mode chooses the replay
+
+
 def read(path, format: str | None = None, **options):
     fmt = format or detect_format(path)
     if not Path(path).is_file():
         raise FileNotFoundError(f"trace file not found: {path}")
+    if options.get("arrival_mode") is not None and fmt not in QUANTISED_FORMATS:
+        raise ValueError(f"{path}: arrival mode {options['arrival_mode']!r} applies to traces with quantised "
+                         f"timestamps ({', '.join(QUANTISED_FORMATS)}); this trace is {fmt}")
+    options = {k: v for k, v in options.items() if not (k == "arrival_mode" and v is None)}
     if fmt == "azure":
         from traces.readers import azure as mod
     elif fmt == "vidur":

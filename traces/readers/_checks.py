@@ -54,13 +54,23 @@ def read_csv(path, **kwargs) -> pd.DataFrame:
         raise TraceFormatError(path, 1, "file is empty") from None
 
 
-def iter_json_lines(path):
-    """(line number, parsed object) for each non-blank line; malformed JSON is an error."""
+NOTE_PREFIX = "# note: "
+
+
+def iter_json_lines(path, notes: list | None = None):
+    """(line number, parsed object) for each non-blank line; malformed JSON is an error.
+
+    With a `notes` list, lines starting with `#` are comments (the canonical JSONL keeps a
+    trace's notes as `# note: ...` lines at the top) and each note's text is appended to it."""
     import json
 
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
+                continue
+            if notes is not None and line.startswith("#"):
+                if line.startswith(NOTE_PREFIX):
+                    notes.append(line[len(NOTE_PREFIX):].rstrip("\n"))
                 continue
             try:
                 obj = json.loads(line)

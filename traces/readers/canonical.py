@@ -8,13 +8,16 @@ import math
 import pandas as pd
 
 from traces.errors import TraceFormatError
-from traces.readers._checks import iter_json_lines
+from traces.readers._checks import NOTE_PREFIX, iter_json_lines
+
+PARQUET_NOTES_KEY = b"folovllm.notes"  # schema metadata: the trace's notes as a JSON list
 from traces.table import COLUMNS, REQUIRED, TraceTable
 
 
 def read_jsonl(path) -> TraceTable:
     rows = []
-    for lineno, obj in iter_json_lines(path):
+    notes: list[str] = []
+    for lineno, obj in iter_json_lines(path, notes=notes):
         unknown = [k for k in obj if k not in COLUMNS]
         if unknown:
             raise TraceFormatError(path, lineno, f"unknown field(s) {unknown}; canonical fields are {list(COLUMNS)}")
@@ -34,7 +37,7 @@ def read_jsonl(path) -> TraceTable:
     if not rows:
         raise TraceFormatError(path, None, "no requests in file")
     df = pd.DataFrame(rows)
-    return TraceTable.from_dataframe(df, name="canonical", source=str(path))
+    return TraceTable.from_dataframe(df, name="canonical", source=str(path), notes=notes)
 
 
 def read_parquet(path) -> TraceTable:
@@ -46,17 +49,33 @@ def read_parquet(path) -> TraceTable:
         if col in df.columns:
             df[col] = [None if v is None else [int(x) for x in v] for v in df[col]]
     try:
-        return TraceTable.from_dataframe(df, name="canonical", source=str(path))
+        return TraceTable.from_dataframe(df, name="canonical", source=str(path), notes=_parquet_notes(path))
     except ValueError as exc:
         raise TraceFormatError(path, None, str(exc)) from None
 
 
+def _parquet_notes(path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(PARQUET_NOTES_KEY)
+    if raw is None:
+        return []
+    try:
+        notes = json.loads(raw)
+    except ValueError:
+        raise TraceFormatError(path, None, f"schema metadata {PARQUET_NOTES_KEY.decode()} is not JSON") from None
+    return [str(n) for n in notes] if isinstance(notes, list) else []
+
+
 def write_jsonl(table: TraceTable, path) -> None:
+    """One JSON object per request, after the table's notes as `# note: ...` lines (so a
+    converted trace still says how it was made, e.g. which Mooncake arrival mode ran)."""
     from traces.io import atomic_write_text
 
     df = table.df
     records = df.to_dict(orient="records")
-    lines = []
+    lines = [NOTE_PREFIX + " ".join(str(note).splitlines()) for note in table.notes]
     for rec in records:
         clean = {}
         for key, value in rec.items():
@@ -74,5 +93,12 @@ def write_jsonl(table: TraceTable, path) -> None:
 def write_parquet(table: TraceTable, path) -> None:
     from traces.io import atomic_path
 
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrow = pa.Table.from_pandas(table.df, preserve_index=False)
+    if table.notes:
+        arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}),
+                                               PARQUET_NOTES_KEY: json.dumps(list(table.notes)).encode()})
     with atomic_path(path) as tmp:
-        table.df.to_parquet(tmp, index=False)
+        pq.write_table(arrow, tmp)
