@@ -44,20 +44,30 @@ def trace() -> None:
 @click.option("--seed", type=int, default=None, help="Mooncake --arrival-mode spread only: the jitter seed (default 0).")
 @click.option("-o", "--option", "reader_opts", multiple=True, metavar="KEY=VALUE",
               help="Other reader options, e.g. -o tokenizer=DIR (sharegpt), -o model=GPT-4 (burstgpt).")
+@click.option("--warm-with", "warm_with", type=click.Path(exists=True, dir_okay=False), default=None,
+              metavar="EARLIER_TRACE",
+              help="Fill the prefix cache with an earlier window of the same trace before measuring the reuse ceiling.")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
-def stats(file: str, fmt: str | None, arrival_mode: str | None, seed: int | None, reader_opts, as_json: bool) -> None:
+def stats(file: str, fmt: str | None, arrival_mode: str | None, seed: int | None, reader_opts, warm_with,
+          as_json: bool) -> None:
     """Describe FILE: request rate, inter-arrival CV, peak rates, prompt/output length
     percentiles, total tokens, and the prefix-reuse ceiling (share of prompt tokens an
     unbounded prefix cache could reuse; traces with block hashes only). Notes at the end say
     what the reader dropped, approximated or chose (e.g. the Mooncake replay mode).
 
     Example: folovllm trace stats AzureLLMInferenceTrace_conv.csv
+
+    Example: folovllm trace stats window2.jsonl --warm-with window1.jsonl
     """
     from traces.io import load
     from traces.stats import describe, format_stats
 
     table = _load_or_fail(load, file, fmt, _reader_options(arrival_mode, seed, reader_opts))
-    result = describe(table)
+    warm = _load_or_fail(load, warm_with, None, {}) if warm_with else None
+    try:
+        result = describe(table, warm_with=warm)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(result, indent=2, default=float) if as_json else format_stats(result))
 
 

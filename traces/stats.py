@@ -28,12 +28,26 @@ def _pct(values: np.ndarray) -> dict:
     }
 
 
-def prefix_reuse(table: TraceTable) -> dict | None:
+def prefix_reuse(table: TraceTable, warm_with: TraceTable | None = None) -> dict | None:
     """The best any prefix cache could do (unbounded, never evicting): the share of referenced
-    blocks, and of prompt tokens, that continue a leading prefix already seen."""
+    blocks, and of prompt tokens, that continue a leading prefix already seen.
+
+    `warm_with` (an earlier window of the same trace) fills the cache first: a window cut from
+    the middle of a trace otherwise counts every prefix it inherits as a miss."""
     if not table.has_prefix_structure:
         return None
     seen: set = set()
+    if warm_with is not None:
+        if not warm_with.has_prefix_structure:
+            raise ValueError(f"{warm_with.source or warm_with.name}: no block hashes, so it cannot warm the prefix cache")
+        sizes = set(table.df["hash_block_size"].dropna().astype(int)) | set(
+            warm_with.df["hash_block_size"].dropna().astype(int))
+        if len(sizes) > 1:
+            raise ValueError(f"{warm_with.source or warm_with.name}: hash blocks of {sorted(sizes)} tokens differ from "
+                             "the trace's; the two cannot share a prefix cache")
+        for hashes in warm_with.df["block_hashes"]:
+            if hashes is not None:
+                seen.update(hashes)
     hit_blocks = total_blocks = hit_tokens = total_tokens = 0
     for hashes, bs, plen in zip(table.df["block_hashes"], table.df["hash_block_size"], table.df["prompt_len"]):
         total_tokens += int(plen)
@@ -52,10 +66,11 @@ def prefix_reuse(table: TraceTable) -> dict | None:
         "token_hit_share": hit_tokens / total_tokens if total_tokens else 0.0,
         "blocks_referenced": total_blocks,
         "distinct_blocks": len(seen),
+        "warmed_with": None if warm_with is None else (warm_with.source or warm_with.name),
     }
 
 
-def describe(table: TraceTable) -> dict:
+def describe(table: TraceTable, warm_with: TraceTable | None = None) -> dict:
     df = table.df
     t = np.sort(df["arrival_s"].to_numpy(dtype=np.float64))
     duration = float(t[-1] - t[0]) if len(t) else 0.0
@@ -77,7 +92,7 @@ def describe(table: TraceTable) -> dict:
         "output_len": _pct(output),
         "total_prompt_tokens": int(prompt.sum()),
         "total_output_tokens": int(output.sum()),
-        "prefix_reuse": prefix_reuse(table),
+        "prefix_reuse": prefix_reuse(table, warm_with),
         "notes": list(table.notes),
     }
 
@@ -103,7 +118,8 @@ def format_stats(stats: dict) -> str:
     if reuse:
         lines.append(
             f"prefix reuse  {reuse['block_hit_share']:.1%} of blocks, {reuse['token_hit_share']:.1%} of prompt tokens "
-            f"(unbounded cache; {reuse['distinct_blocks']:,} distinct of {reuse['blocks_referenced']:,} blocks)"
+            f"(unbounded cache; {reuse['distinct_blocks']:,} distinct of {reuse['blocks_referenced']:,} blocks"
+            + (f"; warmed with {reuse['warmed_with']}" if reuse.get("warmed_with") else "") + ")"
         )
     else:
         lines.append("prefix reuse  n/a (no block hashes in this trace)")

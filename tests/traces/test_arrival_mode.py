@@ -86,3 +86,24 @@ def test_spec_arrival_mode_reaches_the_workload_and_run_overrides_it(mooncake, t
                                    "--no-report", "--arrival-mode", "spread"])
     assert res.exit_code == 0, res.output
     assert json.loads((out / "spec.json").read_text())["spec"]["trace"]["arrival_mode"] == "spread"
+
+
+def test_trace_stats_warm_with_an_earlier_window(tmp_path):
+    """Window 2 reuses prefixes first seen in window 1: cold, it counts them as misses."""
+    early, late = tmp_path / "w1.jsonl", tmp_path / "w2.jsonl"
+    early.write_text("".join(json.dumps({"timestamp": 1000 * i, "input_length": 1024, "output_length": 4,
+                                         "hash_ids": [1, 2 + i]}) + "\n" for i in range(2)))
+    late.write_text("".join(json.dumps({"timestamp": 1000 * i, "input_length": 1024, "output_length": 4,
+                                        "hash_ids": [1, 50 + i]}) + "\n" for i in range(2)))
+    cold = json.loads(CliRunner().invoke(trace, ["stats", str(late), "--json"]).output)["prefix_reuse"]
+    res = CliRunner().invoke(trace, ["stats", str(late), "--warm-with", str(early), "--json"])
+    assert res.exit_code == 0, res.output
+    warm = json.loads(res.output)["prefix_reuse"]
+    assert cold["block_hit_share"] == pytest.approx(1 / 4) and warm["block_hit_share"] == pytest.approx(2 / 4)
+    assert warm["warmed_with"] == str(early)
+    text = CliRunner().invoke(trace, ["stats", str(late), "--warm-with", str(early)]).output
+    assert f"warmed with {early}" in text
+    azure = tmp_path / "a.csv"
+    azure.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n")
+    bad = CliRunner().invoke(trace, ["stats", str(late), "--warm-with", str(azure)])
+    assert bad.exit_code != 0 and "cannot warm the prefix cache" in bad.output
