@@ -16,6 +16,7 @@ if not torch.cuda.is_available():
 triton = pytest.importorskip("triton", reason="triton is not installed")
 
 from hypothesis import given, settings, strategies as st  # noqa: E402
+from tests.hypothesis_budget import examples
 
 from executor.kernels import _triton_common, triton_kernels_usable  # noqa: E402
 from executor.kernels.reference import paged_attention_reference, store_kv_reference  # noqa: E402
@@ -254,7 +255,7 @@ def test_bad_shapes_raise_clear_errors():
                  torch.zeros(3, dtype=torch.int64))
 
 
-@settings(max_examples=6, deadline=None, derandomize=True)
+@settings(max_examples=examples(6), deadline=None, derandomize=True)
 @given(
     group=st.sampled_from([1, 2, 3, 7]),
     kv_heads=st.integers(1, 2),

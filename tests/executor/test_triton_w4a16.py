@@ -15,6 +15,7 @@ if not torch.cuda.is_available():
 triton = pytest.importorskip("triton", reason="triton is not installed")
 
 from hypothesis import given, settings, strategies as st  # noqa: E402
+from tests.hypothesis_budget import examples
 
 from executor.kernels import _triton_common  # noqa: E402
 from executor.kernels.reference import (  # noqa: E402
@@ -161,7 +162,7 @@ def test_bad_inputs_raise_clear_errors():
         w4a16_matmul(torch.zeros(1, 128), group_size=32, **{**packed, "qweight": packed["qweight"].long()})
 
 
-@settings(max_examples=8, deadline=None, derandomize=True)
+@settings(max_examples=examples(8), deadline=None, derandomize=True)
 @given(
     m=st.integers(1, 6),
     k_groups=st.integers(1, 4),

@@ -16,6 +16,7 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.hypothesis_budget import examples
 
 from policy import Request, SchedulerConfig, build_scheduler
 from tests.policy.fake_engine import FakeEngine
@@ -145,7 +146,7 @@ def random_variant(draw):
     )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(variant=random_variant(), seed=st.integers(0, 2**16))
 def test_outputs_are_identical_for_random_workloads_and_configs(variant, seed):
     requests = workload(seed, n=10)

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from tests.hypothesis_budget import examples, steps
 
 from policy import (
     ContiguousKVCacheManager,
@@ -29,8 +30,8 @@ from tests.policy.fake_engine import FakeEngine
 from tests.policy.invariants import check_plan, check_pool, check_scheduler, check_tables, free_list
 
 STATEFUL = settings(
-    max_examples=200,
-    stateful_step_count=40,
+    max_examples=examples(200),
+    stateful_step_count=steps(40),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
@@ -442,4 +443,4 @@ TestBlockPool.settings = STATEFUL
 TestKVCacheManager = KVCacheManagerMachine.TestCase
 TestKVCacheManager.settings = STATEFUL
 TestScheduler = SchedulerMachine.TestCase
-TestScheduler.settings = settings(STATEFUL, stateful_step_count=50)
+TestScheduler.settings = settings(STATEFUL, stateful_step_count=steps(50))

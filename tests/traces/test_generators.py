@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.hypothesis_budget import examples
 
 import traces
 from traces.generators import LengthDist
@@ -15,7 +16,7 @@ from traces.stats import describe, prefix_reuse
 from tests.traces.helpers import AZURE_CODE, AZURE_CONV, real_trace
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=examples(20), deadline=None)
 @given(preset=st.sampled_from(["poisson", "gamma", "constant", "azure-conv-like", "azure-code-like"]),
        seed=st.integers(0, 2**31), n=st.integers(1, 300))
 def test_generated_arrivals_are_sorted_start_at_zero_and_are_seeded(preset, seed, n):

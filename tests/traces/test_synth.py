@@ -6,12 +6,13 @@ from __future__ import annotations
 import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.hypothesis_budget import examples
 
 from traces.synth import FIRST_TOKEN, private_tokens, tokens_from_hashes
 from traces.table import TraceTable
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     hashes=st.lists(st.integers(0, 2**40), min_size=1, max_size=12),
     block=st.sampled_from([1, 16, 512, 37]),
