@@ -19,11 +19,12 @@ from pathlib import Path
 
 import torch
 
+from executor.errors import CheckpointError
+
+__all__ = ["CheckpointError", "check_tensor", "load_file_checked", "open_safetensors", "read_json_file",
+           "read_tensor", "require_dtype", "require_finite", "verify_model_dir"]
+
 GPTQ_INT_SUFFIXES = (".qweight", ".qzeros", ".g_idx")
-
-
-class CheckpointError(ValueError):
-    """A model directory that cannot be loaded as it stands; the message names the file and the tensor."""
 
 
 @contextlib.contextmanager

@@ -201,8 +201,11 @@ def replay(trace_path, preset, num_requests, time_scale, seed, out, **opts) -> N
                                    eos_token_id=engine.config.eos_token_id, ignore_eos=True)
     if num_requests is not None:
         requests = itertools.islice(requests, num_requests)
-    engine.warmup()
-    result = engine.replay(list(requests), time_scale=time_scale)
+    try:
+        engine.warmup()
+        result = engine.replay(list(requests), time_scale=time_scale)
+    except ValueError as exc:  # e.g. NonFiniteError: non-finite logits at a named step and request
+        raise click.ClickException(str(exc)) from None
     req_df = metrics.requests_table(result.recorder.timelines)
     step_df = metrics.steps_table(result.recorder.steps)
     summary = metrics.summarize(req_df, step_df, metrics.itl_gaps(result.recorder.timelines),

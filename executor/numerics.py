@@ -12,9 +12,9 @@ from typing import Sequence
 
 import torch
 
+from executor.errors import NonFiniteError
 
-class NonFiniteError(ValueError):
-    """NaN or Inf where a model's output must be finite; the message names the step and request."""
+__all__ = ["NonFiniteError", "check_finite_result", "check_step_logits"]
 
 
 def check_step_logits(logits: torch.Tensor, *, step: int | None, request_ids: Sequence[str]) -> None:

@@ -82,6 +82,7 @@ def _profile_for(spec) -> str | None:
                    "batch keeps each ~3 s bucket together, spread places its arrivals inside the bucket (seeded).")
 def run(spec_path, out, workers, ray, engines, cost_model, report, arrival_mode):
     """Run every variant of the experiment SPEC (YAML) in each requested engine."""
+    from executor.errors import CheckpointError, NonFiniteError
     from experiments.compare import ComparisonError
     from experiments.spec import SpecError, load_spec
 
@@ -100,7 +101,7 @@ def run(spec_path, out, workers, ray, engines, cost_model, report, arrival_mode)
         out_dir = Path(out) if out else Path("results") / spec.name
         comparison = _run_and_report(spec, out_dir, workers=workers, ray=ray, report=report,
                                      profile_path=_profile_for(spec))
-    except (SpecError, FileNotFoundError, ComparisonError) as exc:
+    except (SpecError, FileNotFoundError, ComparisonError, CheckpointError, NonFiniteError) as exc:
         raise _fail(exc) from None
     _print_summary(out_dir, comparison)
 

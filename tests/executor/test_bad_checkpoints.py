@@ -89,7 +89,8 @@ def assert_clean_failure(res, *needles):
     assert res.exit_code != 0, res.output
     assert isinstance(res.exception, SystemExit), f"uncaught {type(res.exception).__name__}: {res.exception}"
     assert "Traceback" not in res.output
-    message = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    # (a progress bar without a newline may precede the message on the same line)
+    message = [line[line.index("Error:"):] for line in res.output.splitlines() if "Error:" in line]
     assert len(message) == 1, res.output
     for needle in needles:
         assert needle in message[0], message[0]
@@ -218,3 +219,23 @@ def test_verify_model_dir_checks_shapes_against_the_config(copy_of):
     edit_tensors(model, lambda t: t.update({"model.norm.weight": torch.ones(3)}))
     with pytest.raises(CheckpointError, match=r"model\.safetensors: tensor 'model\.norm\.weight' has shape \[3\]"):
         verify_model_dir(model)
+
+
+def test_run_and_replay_report_a_corrupted_checkpoint_in_one_line(copy_of, tmp_path):
+    """`folovllm run` (executor engine) and `folovllm replay` load through the same checks."""
+    import yaml
+
+    from executor.cli import replay
+    from experiments.runner_cli import run
+
+    model = copy_of("plain")
+    _random_bytes_in_data(model)
+    spec = {"name": "bad-model", "trace": {"preset": "poisson", "params": {"num_requests": 2}},
+            "model": str(model), "engines": ["executor"], "kv_cache_mib": 4,
+            "base": {"max_model_len": 128, "max_num_batched_tokens": 64}, "variants": [{"name": "a"}]}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    res = CliRunner().invoke(run, [str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "out"), "--no-report"])
+    assert_clean_failure(res, "model.safetensors", "non-finite")
+    res = CliRunner().invoke(replay, ["--model", str(model), "--preset", "poisson", "--num-requests", "2",
+                                      "--kv-cache-memory", str(2**20), "--max-model-len", "64"])
+    assert_clean_failure(res, "model.safetensors", "non-finite")
