@@ -81,7 +81,8 @@ def html_table(df: pd.DataFrame, table_id: str, *, pinned: int = 0, cell_classes
         for j, c in enumerate(df.columns):
             v = df.iat[i, j]
             text = html.escape(v) if isinstance(v, str) else fmt(v)
-            extra = "" if cell_classes is None else (cell_classes.iat[i, j] or "")
+            extra = " ".join(x for x in ("" if cell_classes is None else (cell_classes.iat[i, j] or ""),
+                                         "text" if isinstance(v, str) else "") if x)
             title = "" if cell_titles is None else (cell_titles.iat[i, j] or "")
             title_attr = f' title="{html.escape(title)}"' if title else ""
             cells.append(f"<td{cls(j, extra)}{title_attr}>{text}</td>")
@@ -434,7 +435,8 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
         marked = err.copy()
         marked["error %"] = [f"{fmt(v)}{' ✗' if 'miss' in c else ''}" for v, c in zip(err["error %"], err_classes["error %"])]
         md.append(markdown_table(marked))
-        md.append(f"error % = (predicted − measured) / measured × 100 (negative: the simulator is optimistic); ✗ marks "
+        md.append(f"error % = (predicted − measured) / measured × 100 (negative: the simulator predicts less than "
+                  "was measured: optimistic for a latency, pessimistic for a throughput); ✗ marks "
                   f"|error| above the ±{compare_mod.FIDELITY_BAR:.0%} fidelity bar. spread % = (max − min) / median of "
                   "the executor's repeats × 100: an error inside it is measurement noise.\n")
     md.append("## Summary per variant and engine\n")
