@@ -130,3 +130,18 @@ def test_max_model_len_above_the_models_positions_is_refused_before_any_run(tmp_
     with pytest.raises(SpecError, match=r"variants\[0\] \(a\)\.max_model_len: max_model_len=131,072 exceeds "
                                         r"llama-3-8b's max_position_embeddings=8,192"):
         plan_jobs(spec)
+
+
+def test_run_prints_full_variant_names(tmp_path):
+    """issue 17: the CLI cut names at 28 characters, so grid rows looked identical."""
+    from click.testing import CliRunner
+
+    from experiments.runner_cli import run
+
+    spec = base_spec(variants=[{"name": "continuous-batching-with-prefix-cache"}],
+                     grid={"max_num_batched_tokens": [256, 512]})
+    path = write(tmp_path, spec)
+    res = CliRunner().invoke(run, [str(path), "--out", str(tmp_path / "out"), "--workers", "1", "--no-report"])
+    assert res.exit_code == 0, res.output
+    for tokens in (256, 512):
+        assert f"continuous-batching-with-prefix-cache/max_num_batched_tokens={tokens} " in res.output
