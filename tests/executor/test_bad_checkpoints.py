@@ -239,3 +239,12 @@ def test_run_and_replay_report_a_corrupted_checkpoint_in_one_line(copy_of, tmp_p
     res = CliRunner().invoke(replay, ["--model", str(model), "--preset", "poisson", "--num-requests", "2",
                                       "--kv-cache-memory", str(2**20), "--max-model-len", "64"])
     assert_clean_failure(res, "model.safetensors", "non-finite")
+
+
+def test_finite_but_absurd_weights_are_refused_too(copy_of):
+    """The load check is one sum per tensor: NaN/Inf propagate into it, and so do values so large
+    (3e38, near float32's limit) that only corruption explains them."""
+    model = copy_of("plain")
+    edit_tensors(model, lambda t: t.update({"model.norm.weight": torch.full_like(t["model.norm.weight"], 3e38)}))
+    with pytest.raises(CheckpointError, match=r"tensor 'model\.norm\.weight' holds values so large"):
+        verify_model_dir(model)

@@ -2,7 +2,8 @@
 naming the step and the request; `eval ppl` / `eval kl` exit non-zero instead of printing nan.
 
 The model used here is finite on disk (so the load-time checks pass) but overflows in its forward
-pass: a final-norm weight of 3e38 (float32 max: 3.4e38) turns every hidden state into Inf. Before the fix, `generate`
+pass: MLP weights of 1e20 push the residual stream past float32's 3.4e38, and the final norm turns
+the Inf into NaN. Before the fix, `generate`
 returned token 0 repeatedly and `eval ppl` printed `perplexity nan` with exit code 0.
 """
 
@@ -31,7 +32,8 @@ def overflowing(tmp_path_factory):
     bad = root / "bad"
     shutil.copytree(good, bad)
     tensors = load_file(str(bad / "model.safetensors"))
-    tensors["model.norm.weight"] = torch.full_like(tensors["model.norm.weight"], 3e38)
+    for name in ("model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.down_proj.weight"):
+        tensors[name] = torch.full_like(tensors[name], 1e20)
     save_file(tensors, str(bad / "model.safetensors"), metadata={"format": "pt"})
     text = root / "eval.txt"
     text.write_text(sample_text()[:3000])
