@@ -147,7 +147,14 @@ def generate(prompts, prompts_file, max_tokens, min_tokens, temperature, top_k, 
 
 def _read_prompts(path: Path) -> list:
     items: list = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise click.ClickException(f"{path}:{line}: not UTF-8 text: byte 0x{data[exc.start]:02x} at byte offset "
+                                   f"{exc.start} cannot be decoded") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         if line.lstrip().startswith("{"):

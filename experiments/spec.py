@@ -41,7 +41,7 @@ from pathlib import Path
 
 import yaml
 
-from experiments.strict_yaml import DuplicateKeyError, load_yaml_file
+from experiments.strict_yaml import DuplicateKeyError, NotTextError, load_yaml_file
 from policy.config import BATCHING_MODES, KV_LAYOUTS, QUEUE_POLICIES, SchedulerConfig
 
 ENGINES = ("sim", "executor")
@@ -217,7 +217,7 @@ def load_spec(path: str | Path, overrides: dict | None = None) -> ExperimentSpec
         raise SpecError(f"spec file {path} does not exist")
     try:
         data = load_yaml_file(path)
-    except DuplicateKeyError as exc:
+    except (DuplicateKeyError, NotTextError) as exc:
         raise SpecError(str(exc)) from None
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML ({exc})") from None

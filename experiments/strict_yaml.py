@@ -53,7 +53,19 @@ def load_yaml_text(text: str, source: str = "<string>"):
         loader.dispose()
 
 
+class NotTextError(yaml.YAMLError, ValueError):
+    """A spec or config file that is not UTF-8 text; the message names the file, line and byte offset."""
+
+
 def load_yaml_file(path: str | Path):
-    """Parse a YAML file strictly. Raises yaml.YAMLError (DuplicateKeyError for repeated keys)."""
+    """Parse a YAML file strictly. Raises yaml.YAMLError (DuplicateKeyError for repeated keys,
+    NotTextError for bytes that are not UTF-8)."""
     path = Path(path)
-    return load_yaml_text(path.read_text(encoding="utf-8"), str(path))
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise NotTextError(f"{path}:{line}: not UTF-8 text: byte 0x{data[exc.start]:02x} at byte offset "
+                           f"{exc.start} cannot be decoded") from None
+    return load_yaml_text(text, str(path))

@@ -80,3 +80,11 @@ def test_generate_refuses_max_model_len_above_the_models_positions(tiny_model_di
                                         "--max-model-len", "1000000", "--kv-cache-memory", str(2**20)])
     assert res.exit_code != 0 and isinstance(res.exception, SystemExit), res.output
     assert "max_model_len=1000000 exceeds the model's max_position_embeddings" in res.output
+
+
+def test_binary_prompts_file_names_file_and_byte_offset(tmp_path, tiny_model_dirs):
+    prompts = tmp_path / "p.txt"
+    prompts.write_bytes(b"hello\n\xff\xfe binary")
+    res = CliRunner().invoke(generate, ["--model", str(tiny_model_dirs["tiny-qwen2"]), "--prompts-file", str(prompts)])
+    assert res.exit_code != 0 and isinstance(res.exception, SystemExit), res.output
+    assert f"{prompts}:2: not UTF-8 text: byte 0xff at byte offset 6" in res.output

@@ -52,3 +52,10 @@ def test_top_level_and_flow_mapping_duplicates_are_caught_too():
 def test_merge_keys_and_anchors_still_load():
     data = load_yaml_text("a: &base {n: 1, m: 2}\nb:\n  <<: *base\n  n: 3\n", "s.yaml")
     assert data == {"a": {"n": 1, "m": 2}, "b": {"n": 3, "m": 2}}
+
+
+def test_spec_that_is_not_text_names_file_line_and_byte_offset(tmp_path):
+    path = tmp_path / "bin.yaml"
+    path.write_bytes(b"name: x\nmodel: \xf0\x28\x8c\x28\n")
+    with pytest.raises(SpecError, match=rf"{path}:2: not UTF-8 text: byte 0xf0 at byte offset 15"):
+        load_spec(path)
