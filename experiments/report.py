@@ -308,6 +308,13 @@ def fig_prefix_preemptions(runs: pd.DataFrame, colors: dict) -> list[dict]:
     return [{"title": title[0].upper() + title[1:], "data": _png(fig)}]
 
 
+def _compact_tick(v, _pos=None) -> str:
+    """100000 -> "100k": axis labels that do not run into each other."""
+    if abs(v) >= 1e4:
+        return f"{v / 1e3:,.4g}k"
+    return f"{v:,.4g}"
+
+
 def fig_predicted_vs_measured(comparison: dict, colors: dict) -> list[dict]:
     rows = [{**r, "predicted": scaled(r["metric"], r["predicted"]), "measured": scaled(r["metric"], r["measured"])}
             for r in comparison["rows"] if r["headline"] and r["predicted"] and r["measured"]]
@@ -332,6 +339,12 @@ def fig_predicted_vs_measured(comparison: dict, colors: dict) -> list[dict]:
         if hi / lo > 20:
             ax.set_xscale("log")
             ax.set_yscale("log")
+        if hi / lo <= 20:  # linear axes: few ticks, compact labels (ms values run to six digits)
+            from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+            for axis in (ax.xaxis, ax.yaxis):
+                axis.set_major_locator(MaxNLocator(nbins=4))
+                axis.set_major_formatter(FuncFormatter(_compact_tick))
         ax.set_title(header(metric), fontsize=9)
         ax.set_xlabel("measured (executor)", fontsize=8)
         ax.set_ylabel("predicted (sim)", fontsize=8)
