@@ -1,22 +1,21 @@
-"""The real engine: the policy's scheduler decides, the model runner executes.
+"""The real engine: the shared step driver with a wall clock and the model runner as its step.
 
-    plan = scheduler.schedule()
-    tokens = runner.execute(plan)            # one forward pass for the whole plan
-    result = scheduler.update_from_output(plan, tokens)
+    driver = StepDriver(scheduler, execute=runner.execute, clock=WallClock(), observer=recorder)
 
-`generate` runs a batch offline (like `vllm.LLM.generate`); `replay` injects requests at
-their arrival times on the monotonic clock and records the same per-request timelines and
-per-step tables as the simulator (through `traces.timeline.TimelineRecorder`).
+The loop itself (arrivals, admission, empty plans, stalls, recording) is `policy.driver`'s,
+the very one the simulator runs; this module only loads the model, sizes the KV pool and
+supplies "run this plan". `generate` runs a batch offline (like `vllm.LLM.generate`);
+`replay` injects requests at their arrival times on the monotonic clock and returns the same
+`RunResult` as the simulator.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -25,6 +24,9 @@ from executor.kv_cache import KVBudgetError, KVCache, blocks_for_budget, bytes_p
 from executor.model_runner import ModelRunner
 from executor.sampler import Sampler, SamplingParams
 from policy import Request, RequestRejected, SchedulerConfig, build_scheduler
+from policy.driver import Clock, StepDriver
+from policy.plan import StepShape
+from traces.run_result import RunResult
 from traces.timeline import TimelineRecorder
 
 DEFAULT_CPU_KV_BYTES = 512 * 2**20
@@ -51,16 +53,35 @@ class EngineStats:
     rejected: dict[str, str] = field(default_factory=dict)  # request id -> reason
 
 
-@dataclass
-class ReplayResult:
-    recorder: TimelineRecorder
-    wall_s: float
-    num_requests: int
-    num_rejected: int
-    num_finished: int
-    num_preemptions: int
-    prefix_queries_tokens: int
-    prefix_hit_tokens: int
+class WallClock:
+    """Monotonic seconds since the clock was made; waiting really sleeps."""
+
+    def __init__(self, clock=time.monotonic, sleep=time.sleep) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self._t0 = clock()
+
+    def now(self) -> float:
+        return self._clock() - self._t0
+
+    def wait_until(self, t: float) -> None:
+        delay = t - self.now()
+        if delay > 0:
+            self._sleep(delay)
+
+
+class _NoRecorder:
+    """Observer for online `step()` callers that keep no timelines."""
+
+    def on_arrival(self, request, now) -> None: ...
+
+    def on_rejected(self, request_id, arrival_s, prompt_len, max_tokens, reason) -> None: ...
+
+    def on_preempted(self, request_ids, now) -> None: ...
+
+    def on_aborted(self, request, now) -> None: ...
+
+    def on_step(self, plan, result, start_s, end_s, shape=None) -> None: ...
 
 
 def _default_device() -> torch.device:
@@ -167,10 +188,8 @@ class LLMEngine:
                                   sampler=Sampler(self.device, seed), graph_runner=graph_runner)
         if graph_runner is not None:
             graph_runner.capture()
-        self.scheduler = build_scheduler(self.scheduler_config)
-        self._params: dict[str, SamplingParams] = {}
         self._ids = itertools.count()
-        self.stats = EngineStats()
+        self._new_scheduler()
 
     # -- setup helpers ------------------------------------------------------------------
     def _profile_free_memory(self, utilization: float, max_tokens: int, block_size: int, max_seqs: int) -> int:
@@ -223,10 +242,17 @@ class LLMEngine:
         if data["num_blocks"] > self.kv_cache.num_blocks or data["block_size"] != self.kv_cache.block_size:
             raise ValueError("reset_scheduler cannot grow the KV pool or change block_size")
         self.scheduler_config = SchedulerConfig.from_dict(data)
+        self._new_scheduler()
+
+    def _new_scheduler(self) -> None:
+        """A fresh scheduler, a clean worker, and the online driver `add_request`/`step` use."""
         self.scheduler = build_scheduler(self.scheduler_config)
-        self.runner.block_tables.clear()
-        self._params.clear()
+        self.runner.reset()
         self.stats = EngineStats()
+        self._driver = self._make_driver(WallClock(), _NoRecorder())
+
+    def _make_driver(self, clock, observer) -> StepDriver:
+        return StepDriver(self.scheduler, self._execute, clock, observer, admit_check=self._check_request)
 
     # -- requests ---------------------------------------------------------------------
     def tokenize(self, prompt: str) -> list[int]:
@@ -248,50 +274,57 @@ class LLMEngine:
             min_tokens=params.min_tokens,
         )
 
+    def _check_request(self, request: Request) -> None:
+        """The executor's own admission check (token ids must index the embedding), run by the
+        driver before the scheduler's; attaches default greedy sampling when none is set."""
+        vocab = self.config.vocab_size
+        bad = [t for t in request.prompt_token_ids if not (isinstance(t, int) and 0 <= t < vocab)]
+        if bad:
+            raise RequestRejected(
+                f"request {request.request_id!r}: prompt token id(s) {bad[:5]} outside the vocabulary [0, {vocab})"
+            )
+        if request.sampling_params is None:
+            request.sampling_params = self._default_params(request)
+
+    @staticmethod
+    def _default_params(request: Request) -> SamplingParams:
+        max_tokens = request.max_tokens if isinstance(request.max_tokens, int) and request.max_tokens >= 1 else 1
+        return SamplingParams(temperature=0.0, max_tokens=max_tokens,
+                              min_tokens=min(max(0, request.min_tokens), max_tokens),
+                              ignore_eos=request.ignore_eos, stop_token_ids=request.stop_token_ids)
+
     def add_request(self, request: Request, params: SamplingParams | None = None) -> None:
-        """Queue a policy Request; raises RequestRejected (counted in stats) for bad ones."""
-        if params is None:
-            params = SamplingParams(temperature=0.0, max_tokens=max(1, request.max_tokens), min_tokens=request.min_tokens,
-                                    ignore_eos=request.ignore_eos, stop_token_ids=request.stop_token_ids)
+        """Queue a policy Request now; raises RequestRejected (counted in stats) for bad ones."""
+        if params is not None:
+            request.sampling_params = params
         try:
-            vocab = self.config.vocab_size
-            bad = [t for t in request.prompt_token_ids if not (isinstance(t, int) and 0 <= t < vocab)]
-            if bad:
-                raise RequestRejected(
-                    f"request {request.request_id!r}: prompt token id(s) {bad[:5]} outside the vocabulary [0, {vocab})"
-                )
+            self._check_request(request)
             self.scheduler.add_request(request)
         except RequestRejected as exc:
             self.stats.num_rejected += 1
             self.stats.rejected[request.request_id] = str(exc)
             raise
-        self._params[request.request_id] = params
 
     def abort(self, request_id: str) -> Request:
-        request = self.scheduler.abort(request_id)
-        self._params.pop(request_id, None)
-        return request
+        return self.scheduler.abort(request_id)
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()
 
     # -- the step -----------------------------------------------------------------------
-    def step(self):
-        """Schedule and run one step. Returns (plan, StepResult), result None for an empty plan."""
-        sched = self.scheduler
-        plan = sched.schedule()
-        if plan.is_empty:
-            self.runner.execute(plan, sched.requests, self._params)  # drops tables of aborted requests
-            return plan, None
+    def _execute(self, plan, shape) -> list:
+        """The driver's "run this plan": one forward pass and sampling, timed."""
+        if not plan.scheduled:
+            return self.runner.execute(plan)  # drops worker state of ended requests
         t0 = time.perf_counter()
-        sampled = self.runner.execute(plan, sched.requests, self._params)
-        result = sched.update_from_output(plan, sampled)
+        sampled = self.runner.execute(plan)
         self.stats.step_seconds += time.perf_counter() - t0
         self.stats.num_steps += 1
-        for request in result.finished:
-            self.runner.drop(request.request_id)
-            self._params.pop(request.request_id, None)
-        return plan, result
+        return sampled
+
+    def step(self):
+        """Schedule and run one step. Returns (plan, StepResult), result None for an empty plan."""
+        return self._driver.step()
 
     # -- offline generation ---------------------------------------------------------------
     def generate(self, prompts, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[Output]:
@@ -311,36 +344,18 @@ class LLMEngine:
         if self.scheduler.has_unfinished_requests():
             raise RuntimeError("generate() needs an idle engine (requests are still queued)")
         requests = []
-        try:
-            for i, (prompt, params) in enumerate(zip(prompts, params_list)):
-                req = self.make_request(prompt, params)
-                try:
-                    self.add_request(req, params)
-                except RequestRejected as exc:
-                    raise RequestRejected(f"prompt {i}: {exc}") from None
-                requests.append(req)
-        except BaseException:
-            for req in requests:
-                if req.request_id in self.scheduler.requests:
-                    self.abort(req.request_id)
-            self.scheduler.schedule()  # flush the aborts (frees worker state)
-            raise
-        self._run_until_done()
+        for i, (prompt, params) in enumerate(zip(prompts, params_list)):
+            req = self.make_request(prompt, params)
+            req.sampling_params = params
+            try:  # every prompt is checked before any runs: a bad one leaves nothing queued
+                self._check_request(req)
+                self.scheduler.validate(req)
+            except RequestRejected as exc:
+                self.stats.num_rejected += 1
+                raise RequestRejected(f"prompt {i}: {exc}") from None
+            requests.append(req)
+        self._make_driver(WallClock(), TimelineRecorder()).run(requests)
         return [self._output(req) for req in requests]
-
-    def _run_until_done(self) -> None:
-        idle_steps = 0
-        while self.scheduler.has_unfinished_requests():
-            _plan, result = self.step()
-            if result is None:
-                idle_steps += 1
-                if idle_steps > 2:
-                    raise RuntimeError(
-                        f"scheduler made no progress with {self.scheduler.num_waiting} waiting and "
-                        f"{self.scheduler.num_running} running requests"
-                    )
-            else:
-                idle_steps = 0
 
     def _output(self, req: Request) -> Output:
         tokens = list(req.output_token_ids)
@@ -351,64 +366,47 @@ class LLMEngine:
     # -- real-time trace replay -------------------------------------------------------------
     def replay(self, requests: Iterable[Request], *, sampling_params: SamplingParams | None = None,
                time_scale: float = 1.0, recorder: TimelineRecorder | None = None,
-               clock=time.monotonic, sleep=time.sleep) -> ReplayResult:
+               clock: Clock | None = None, step_duration: Callable[[StepShape], float] | None = None) -> RunResult:
         """Inject each request at `arrival_time * time_scale` seconds after the start (on the
         monotonic clock), run steps while there is work, sleep until the next arrival when idle.
-        Requests the scheduler refuses are recorded as rejected and counted; the rest are served.
+        Requests must come in arrival order. Refused requests are recorded as rejected and
+        counted; the rest are served.
 
         `sampling_params` is a template (temperature, top-k/p, seed); each request keeps its own
         max_tokens / min_tokens / ignore_eos / stop ids. Default: greedy.
+
+        `clock` defaults to the monotonic wall clock. With `step_duration` (e.g. a simulator
+        cost model's `time_for_shape`) and a virtual clock, each step still runs on the model
+        but time advances by the priced duration instead: the executor then replays exactly
+        what the simulator would (tests/test_engines_agree.py).
         """
         if self.scheduler.has_unfinished_requests():
             raise RuntimeError("replay() needs an idle engine")
+        if step_duration is not None and not hasattr(clock, "advance"):
+            raise ValueError("replay(step_duration=...) needs a clock with advance(), e.g. policy.driver.VirtualClock")
         recorder = recorder or TimelineRecorder()
         template = sampling_params or SamplingParams(temperature=0.0)
-        pending = deque(sorted(requests, key=lambda r: r.arrival_time))
-        n_total, n_rejected = len(pending), 0
-        preemptions_before = self.scheduler.num_preemptions
-        pstats0 = self.scheduler.prefix_cache_stats
-        q0, h0 = pstats0.queries_tokens, pstats0.hit_tokens
-        t0 = clock()
-        sched = self.scheduler
-        while pending or sched.has_unfinished_requests():
-            now = clock() - t0
-            while pending and pending[0].arrival_time * time_scale <= now:
-                req = pending.popleft()
+
+        def prepared(reqs):
+            for req in reqs:
                 req.arrival_time = req.arrival_time * time_scale
-                if req.request_id in recorder.timelines:  # cannot hold two timelines under one id
-                    n_rejected += 1
-                    self.stats.num_rejected += 1
-                    self.stats.rejected[f"{req.request_id}#dup{n_rejected}"] = f"request {req.request_id!r}: duplicate request_id"
-                    continue
-                recorder.on_arrival(req, req.arrival_time)
-                try:
-                    self.add_request(req, self._replay_params(template, req))
-                except RequestRejected as exc:
-                    n_rejected += 1
-                    recorder.on_rejected(req.request_id, req.arrival_time, req.num_prompt_tokens,
-                                         req.max_tokens, str(exc))
-            if not sched.has_unfinished_requests():
-                if pending:
-                    sleep(max(0.0, pending[0].arrival_time * time_scale - (clock() - t0)))
-                continue
-            start = clock() - t0
-            plan, result = self.step()
-            end = clock() - t0
-            if result is None:
-                if pending:
-                    sleep(max(0.0, min(0.01, pending[0].arrival_time * time_scale - end)))
-                    continue
-                raise RuntimeError(
-                    f"scheduler made no progress with {sched.num_waiting} waiting and {sched.num_running} running"
-                )
-            recorder.on_step(plan, result, start, end)
-        pstats = sched.prefix_cache_stats
-        finished = sum(1 for t in recorder.timelines.values() if t.status == "finished")
-        return ReplayResult(
-            recorder=recorder, wall_s=clock() - t0, num_requests=n_total, num_rejected=n_rejected,
-            num_finished=finished, num_preemptions=sched.num_preemptions - preemptions_before,
-            prefix_queries_tokens=pstats.queries_tokens - q0, prefix_hit_tokens=pstats.hit_tokens - h0,
-        )
+                req.sampling_params = self._replay_params(template, req)
+                yield req
+
+        clock = clock if clock is not None else WallClock()
+        execute = self._execute
+        if step_duration is not None:
+            def execute(plan, shape, run=self._execute):
+                sampled = run(plan, shape)
+                if plan.scheduled:
+                    clock.advance(step_duration(shape))
+                return sampled
+
+        t0 = time.perf_counter()
+        driver = StepDriver(self.scheduler, execute, clock, recorder, admit_check=self._check_request)
+        stats = driver.run(prepared(requests))
+        return RunResult(recorder=recorder, scheduler_config=self.scheduler_config, stats=stats, engine="executor",
+                         wall_s=time.perf_counter() - t0)
 
     @staticmethod
     def _replay_params(template: SamplingParams, req: Request) -> SamplingParams:

@@ -291,8 +291,7 @@ class ExecutorPool:
             engine.warmup(num_requests=2, prompt_len=32, max_tokens=4)
             engine.reset_scheduler(**scheduler_kwargs(job))
         replay = engine.replay(workload.requests)
-        stats = {"prefix_queries_tokens": replay.prefix_queries_tokens, "prefix_hit_tokens": replay.prefix_hit_tokens,
-                 "num_preemptions": replay.num_preemptions}
+        stats = replay.scheduler_stats
         info = {**_run_info(self.spec, job), "workload": workload.stats, "wall_s": replay.wall_s,
                 "load_before": _loadavg()}
         return results.write_run(out_dir / "runs" / job.dirname, replay.recorder, slo=self.spec.slo,
