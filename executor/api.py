@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from executor.attention.base import get_backend
+from executor.attention.registry import get_backend
 from executor.kv_cache import KVCache
 from executor.model_runner import build_step_inputs
 

@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import torch
 
-from executor.attention.base import get_backend
+from executor.attention.registry import get_backend
+from executor.engine_config import ExecutorConfig
 from executor.kv_cache import KVBudgetError, KVCache, blocks_for_budget, bytes_per_block
 from executor.model_runner import ModelRunner
 from executor.sampler import Sampler, SamplingParams
 from policy import Request, RequestRejected, SchedulerConfig, build_scheduler
+from policy.config import DEFAULT_MAX_MODEL_LEN, KNOB_NAMES
+from policy.utils import cdiv
 from policy.driver import Clock, StepDriver
 from policy.plan import StepShape
 from traces.run_result import RunResult
@@ -84,48 +87,62 @@ class _NoRecorder:
     def on_step(self, plan, result, start_s, end_s, shape=None) -> None: ...
 
 
+def split_knobs(knobs: dict) -> tuple[dict, dict]:
+    """Route keyword knobs to SchedulerConfig or ExecutorConfig by name; an unknown name is an error."""
+    sched_names = set(KNOB_NAMES)
+    exec_names = set(ExecutorConfig.field_names())
+    unknown = sorted(set(knobs) - sched_names - exec_names)
+    if unknown:
+        raise TypeError(f"LLMEngine: unknown knob(s) {unknown}; scheduling knobs: {sorted(sched_names)}; "
+                        f"executor knobs: {sorted(exec_names)}")
+    return ({k: v for k, v in knobs.items() if k in sched_names}, {k: v for k, v in knobs.items() if k in exec_names})
+
+
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class LLMEngine:
-    def __init__(
-        self,
-        model: str | Path | torch.nn.Module = "smollm2-135m",
-        *,
-        tokenizer=None,
-        num_blocks: int | None = None,
-        kv_cache_memory: int | None = None,
-        gpu_memory_utilization: float = 0.90,
-        block_size: int = 16,
-        max_model_len: int | None = None,
-        max_num_seqs: int = 128,
-        max_num_batched_tokens: int = 2048,
-        enable_chunked_prefill: bool = True,
-        long_prefill_token_threshold: int = 0,
-        enable_prefix_caching: bool = True,
-        policy: str = "fcfs",
-        batching: str = "continuous",
-        kv_layout: str = "paged",
-        reserve_full_prompt: bool = True,
-        watermark: float = 0.0,
-        attention_backend: str = "torch",
-        device: str | torch.device | None = None,
-        dtype: torch.dtype | str | None = None,
-        cuda_graphs: bool | None = None,
-        cuda_graph_batch_sizes: Sequence[int] | None = None,
-        seed: int = 0,
-        load_tokenizer: bool = True,
-    ) -> None:
-        self.device = torch.device(device) if device is not None else _default_device()
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
+    """A paged-KV serving engine on one device: loads the model, sizes the KV pool, and runs
+    the shared step driver with the model runner as its step.
+
+    `LLMEngine(model, **knobs)`: each keyword is a `SchedulerConfig` field (scheduling, shared
+    with the simulator, same defaults) or an `ExecutorConfig` field (device, dtype, backend,
+    memory); or pass the two records whole. `generate` serves a batch offline, `replay`
+    replays a trace in real time, `add_request` + `step` drive it one step at a time.
+    """
+
+    def __init__(self, model: str | Path | torch.nn.Module = "smollm2-135m", *, tokenizer=None,
+                 scheduler_config: SchedulerConfig | None = None, executor_config: ExecutorConfig | None = None,
+                 **knobs) -> None:
+        sched_knobs, exec_knobs = split_knobs(knobs)
+        if exec_knobs.get("dtype") is not None and not isinstance(exec_knobs["dtype"], str):
+            exec_knobs["dtype"] = str(exec_knobs["dtype"]).removeprefix("torch.")
+        if exec_knobs.get("cuda_graph_batch_sizes") is not None:
+            exec_knobs["cuda_graph_batch_sizes"] = tuple(exec_knobs["cuda_graph_batch_sizes"])
+        ecfg = replace(executor_config or ExecutorConfig(), **exec_knobs)
+        scfg = replace(scheduler_config or SchedulerConfig(), **sched_knobs)
+        self.executor_config = ecfg
+        if ecfg.threads is not None:
+            torch.set_num_threads(ecfg.threads)
+        self.device = torch.device(ecfg.device) if ecfg.device is not None else _default_device()
+        self._load(model, ecfg, tokenizer)
+        self.backend = get_backend(ecfg.attention_backend, self.device)
+        self.scheduler_config = self._size_kv_pool(scfg, ecfg)
+        self.kv_cache = KVCache(self.config, self.scheduler_config.num_blocks, self.scheduler_config.block_size,
+                                dtype=self.dtype, device=self.device)
+        self._build_runner(ecfg)
+        self._ids = itertools.count()
+        self._new_scheduler()
+
+    # -- setup helpers ------------------------------------------------------------------
+    def _load(self, model, ecfg: ExecutorConfig, tokenizer) -> None:
+        dtype = getattr(torch, ecfg.dtype) if ecfg.dtype is not None else None
         if dtype is None and isinstance(model, torch.nn.Module):
             dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
         if dtype is None:
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.dtype = dtype
-
         self.model_dir: Path | None = None
         if isinstance(model, torch.nn.Module):
             self.model = model
@@ -137,40 +154,37 @@ class LLMEngine:
             self.model = load_model(self.model_dir, device=self.device, dtype=dtype)
         self.config = self.model.config
         self.tokenizer = tokenizer
-        if self.tokenizer is None and load_tokenizer and self.model_dir is not None:
+        if self.tokenizer is None and ecfg.load_tokenizer and self.model_dir is not None:
             self.tokenizer = _load_tokenizer(self.model_dir)
 
-        if max_model_len is None:
-            max_model_len = min(4096, self.config.max_position_embeddings)
-        if max_model_len > self.config.max_position_embeddings:
-            raise ValueError(
-                f"max_model_len={max_model_len} exceeds the model's max_position_embeddings="
-                f"{self.config.max_position_embeddings}"
-            )
-        self.backend = get_backend(attention_backend, self.device)
-
-        min_blocks = -(-max_model_len // block_size)
+    def _size_kv_pool(self, scfg: SchedulerConfig, ecfg: ExecutorConfig) -> SchedulerConfig:
+        """The scheduler config with max_model_len and num_blocks resolved for this model and
+        memory budget; refuses a pool that cannot hold one max-length request."""
+        positions = self.config.max_position_embeddings
+        if scfg.max_model_len is not None and scfg.max_model_len > positions:
+            raise ValueError(f"max_model_len={scfg.max_model_len} exceeds the model's max_position_embeddings={positions}")
+        max_model_len = scfg.max_model_len or min(DEFAULT_MAX_MODEL_LEN, positions)
+        block_size = scfg.block_size
+        min_blocks = cdiv(max_model_len, block_size)
+        num_blocks = scfg.num_blocks
         if num_blocks is None:
-            if kv_cache_memory is None:
-                kv_cache_memory = (
-                    self._profile_free_memory(gpu_memory_utilization, max_num_batched_tokens, block_size, max_num_seqs)
-                    if self.device.type == "cuda" else DEFAULT_CPU_KV_BYTES
-                )
-            num_blocks = blocks_for_budget(self.config, block_size, dtype, int(kv_cache_memory), min_blocks=min_blocks)
+            budget = ecfg.kv_cache_memory
+            if budget is None:
+                budget = (self._profile_free_memory(ecfg.gpu_memory_utilization, scfg.max_num_batched_tokens,
+                                                    block_size, scfg.max_num_seqs)
+                          if self.device.type == "cuda" else DEFAULT_CPU_KV_BYTES)
+            num_blocks = blocks_for_budget(self.config, block_size, self.dtype, int(budget), min_blocks=min_blocks)
         elif num_blocks < min_blocks:
             raise KVBudgetError(
                 f"num_blocks={num_blocks} cannot hold one request of max_model_len={max_model_len} tokens "
                 f"(needs {min_blocks} blocks of {block_size}); raise num_blocks or lower max_model_len"
             )
-        self.scheduler_config = SchedulerConfig(
-            num_blocks=num_blocks, block_size=block_size, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
-            max_num_batched_tokens=max_num_batched_tokens, enable_chunked_prefill=enable_chunked_prefill,
-            long_prefill_token_threshold=long_prefill_token_threshold, enable_prefix_caching=enable_prefix_caching,
-            policy=policy, batching=batching, kv_layout=kv_layout, reserve_full_prompt=reserve_full_prompt,
-            watermark=watermark,
-        )
-        self.kv_cache = KVCache(self.config, num_blocks, block_size, dtype=dtype, device=self.device)
+        return replace(scfg, num_blocks=num_blocks, max_model_len=max_model_len)
+
+    def _build_runner(self, ecfg: ExecutorConfig) -> None:
+        scfg = self.scheduler_config
         graph_runner = None
+        cuda_graphs = ecfg.cuda_graphs
         if cuda_graphs is None:
             cuda_graphs = self.device.type == "cuda" and self.backend.graph_capturable
         if cuda_graphs:
@@ -181,17 +195,14 @@ class LLMEngine:
 
             self.kv_cache.bind(self.model, self.backend)
             graph_runner = DecodeGraphRunner(
-                self.model, max_batch=max_num_seqs, max_model_len=max_model_len, block_size=block_size,
-                device=self.device, batch_sizes=cuda_graph_batch_sizes,
+                self.model, max_batch=scfg.max_num_seqs, max_model_len=scfg.max_model_len,
+                block_size=scfg.block_size, device=self.device, batch_sizes=ecfg.cuda_graph_batch_sizes,
             )
         self.runner = ModelRunner(self.model, self.kv_cache, self.backend, device=self.device,
-                                  sampler=Sampler(self.device, seed), graph_runner=graph_runner)
+                                  sampler=Sampler(self.device, ecfg.seed), graph_runner=graph_runner)
         if graph_runner is not None:
             graph_runner.capture()
-        self._ids = itertools.count()
-        self._new_scheduler()
 
-    # -- setup helpers ------------------------------------------------------------------
     def _profile_free_memory(self, utilization: float, max_tokens: int, block_size: int, max_seqs: int) -> int:
         """Bytes left for KV after a forward pass of the largest step (peak activations, logits
         of the largest sampling batch), given the target memory utilisation."""

@@ -35,6 +35,8 @@ class Scheduler:
     """
 
     def __init__(self, config: SchedulerConfig) -> None:
+        if not config.is_resolved:
+            config = config.resolved()  # max_model_len: the default; num_blocks must be set
         self.config = config
         if config.kv_layout == "contiguous":
             self.kv = ContiguousKVCacheManager(config.num_blocks, config.block_size, config.max_model_len)
