@@ -213,7 +213,7 @@ class LLMEngine:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
         n = max(1, min(max_tokens, self.config.max_position_embeddings))
-        blocks = -(-n // block_size)
+        blocks = cdiv(n, block_size)
         cache = KVCache(self.config, blocks, block_size, dtype=self.dtype, device=dev)
         cache.bind(self.model, self.backend)
         seqs = max(1, min(max_seqs, n))

@@ -16,6 +16,7 @@ import torch
 from executor.attention.base import AttentionBackend, AttentionMetadata
 from executor.kv_cache import KVCache
 from executor.sampler import SampleRow, Sampler, SamplingParams
+from policy.utils import cdiv
 
 
 @dataclass
@@ -40,7 +41,7 @@ def build_step_inputs(
     max_blocks = 1
     for tokens, computed, table in rows:
         n = len(tokens)
-        need = -(-(computed + n) // block_size)
+        need = cdiv(computed + n, block_size)
         if need > len(table):
             raise ValueError(
                 f"block table of {len(table)} blocks cannot hold {computed + n} tokens (block_size={block_size})"

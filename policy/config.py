@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from policy.utils import cdiv
+
 QUEUE_POLICIES = ("fcfs", "priority", "shortest-prompt-first", "longest-prefix-match")
 BATCHING_MODES = ("continuous", "static")
 KV_LAYOUTS = ("paged", "contiguous")
@@ -112,7 +114,7 @@ class SchedulerConfig:
 
     @property
     def blocks_per_max_request(self) -> int:
-        return -(-self.max_model_len // self.block_size)
+        return cdiv(self.max_model_len, self.block_size)
 
     def to_dict(self) -> dict:
         return asdict(self)

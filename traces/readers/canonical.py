@@ -49,7 +49,7 @@ def read_parquet(path) -> TraceTable:
 
 
 def write_jsonl(table: TraceTable, path) -> None:
-    from traces.io import atomic_write_text
+    from traces.files import atomic_write_text
 
     df = table.df
     records = df.to_dict(orient="records")
@@ -69,7 +69,7 @@ def write_jsonl(table: TraceTable, path) -> None:
 
 
 def write_parquet(table: TraceTable, path) -> None:
-    from traces.io import atomic_path
+    from traces.files import atomic_path
 
     with atomic_path(path) as tmp:
         table.df.to_parquet(tmp, index=False)
