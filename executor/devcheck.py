@@ -13,8 +13,6 @@ The stages also run on CPU with a tiny shape (tests do that), so only the number
 
 from __future__ import annotations
 
-from traces.files import atomic_write_json  # noqa: E402
-
 import argparse
 import random
 import sys
@@ -22,6 +20,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from traces.files import atomic_write_json
 
 
 def _write_json(out: Path | None, name: str, data: dict) -> None:

@@ -26,8 +26,6 @@ requests (mean over steps, max) and the share of reserved KV slots holding token
 
 from __future__ import annotations
 
-from traces.files import atomic_write_json  # noqa: E402
-
 import argparse
 import statistics
 import sys
@@ -37,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from traces.files import atomic_write_json
 
 REAL_AZURE_CONV = Path(__file__).resolve().parents[1].parent / "shared" / "traces" / "azure-2023-conv" / "AzureLLMInferenceTrace_conv.csv"
 

@@ -20,8 +20,6 @@ Usage: ``python -m experiments.bench_kernels [--quick] [--repeats 50] [--out res
 
 from __future__ import annotations
 
-from traces.files import atomic_write_json  # noqa: E402
-
 import argparse
 import math
 import os
@@ -29,6 +27,8 @@ import statistics
 import sys
 
 import torch
+
+from traces.files import atomic_write_json
 
 DEVICE = "cuda"  # a module constant so the script's logic can be dry-run elsewhere
 

@@ -13,8 +13,6 @@ step at 256 running with prefix caching on.
 
 from __future__ import annotations
 
-from traces.files import atomic_write_json  # noqa: E402
-
 import argparse
 import gc
 import os
@@ -26,6 +24,7 @@ from pathlib import Path
 
 from policy import Request, SchedulerConfig, build_scheduler
 from policy.utils import cdiv
+from traces.files import atomic_write_json
 
 BLOCK_SIZE = 16
 PROMPT_LEN = 128

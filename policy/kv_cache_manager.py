@@ -43,6 +43,16 @@ class _RequestBlocks:
 
 
 class KVCacheManager:
+    """Per-request block tables over one shared `BlockPool`, and the prefix cache on top.
+
+    The scheduler asks it three things: which leading blocks of a waiting request are already
+    cached (`get_computed_blocks`), whether `n` more tokens fit (`allocate_slots`, all or
+    nothing: a refusal changes nothing), and to give a request's blocks back (`free`, tail
+    first so the LRU order evicts a request's last blocks before its shared prefix). Full
+    blocks are published under their chained hash as soon as their tokens are scheduled, so
+    requests admitted later in the same step can already hit them.
+    """
+
     def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = True) -> None:
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")

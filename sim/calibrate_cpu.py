@@ -4,12 +4,11 @@ Saving keeps later simulations deterministic: the measurement happens once, not 
 
 from __future__ import annotations
 
-from traces.files import atomic_write_json  # noqa: E402
-
 import sys
 from pathlib import Path
 
 from sim.hardware import calibrate_cpu
+from traces.files import atomic_write_json
 
 
 def main(argv: list[str]) -> int:
