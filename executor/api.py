@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from executor.attention.base import get_backend
+from executor.attention.registry import get_backend
 from executor.kv_cache import KVCache
 from executor.model_runner import build_step_inputs
+from policy.utils import cdiv
 
 
 @torch.inference_mode()
@@ -23,7 +24,7 @@ def prompt_logits(model, token_ids: list[int], *, backend: str = "torch", block_
     param = next(model.parameters())
     device = param.device
     dtype = param.dtype if param.is_floating_point() else torch.float32
-    num_blocks = -(-len(token_ids) // block_size)
+    num_blocks = cdiv(len(token_ids), block_size)
     cache = KVCache(model.config, num_blocks, block_size, dtype=dtype, device=device)
     saved = [(a.k_cache, a.v_cache, a.backend) for a in model.attention_layers]
     cache.bind(model, get_backend(backend, device))

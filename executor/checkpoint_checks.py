@@ -21,8 +21,8 @@ import torch
 
 from executor.errors import CheckpointError
 
-__all__ = ["CheckpointError", "check_tensor", "load_file_checked", "open_safetensors", "read_json_file",
-           "read_tensor", "require_dtype", "require_finite", "verify_model_dir"]
+__all__ = ["CheckpointError", "all_finite", "check_tensor", "load_file_checked", "open_safetensors", "read_json_file",
+           "read_tensor", "require_dtype", "require_finite"]
 
 GPTQ_INT_SUFFIXES = (".qweight", ".qzeros", ".g_idx")
 
@@ -116,35 +116,3 @@ def load_file_checked(path: Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     with open_safetensors(path) as f:
         return {name: check_tensor(path, name, read_tensor(f, path, name)) for name in f.keys()}
-
-
-def verify_model_dir(model_dir: Path, *, check_shapes: bool = True) -> None:
-    """Check a whole HF directory before a tool that trusts it (the quantizer, transformers):
-    config.json parses, every shard opens, every tensor has a documented dtype and finite values
-    and (for an unquantized checkpoint of a supported architecture, with `check_shapes`) the
-    shape config.json implies. Streams every tensor once; nothing stays in memory."""
-    from executor.config import ModelConfig
-    from executor.loader import checkpoint_files
-
-    model_dir = Path(model_dir)
-    expected: dict[str, tuple[int, ...]] = {}
-    if check_shapes:
-        config = ModelConfig.from_dir(model_dir)
-        if config.quantization_config is None:
-            expected = config.expected_tensor_shapes()
-    files = checkpoint_files(model_dir)
-    missing = sorted(n for n in expected if n not in files)
-    if missing:
-        raise CheckpointError(f"{model_dir}: {len(missing)} tensor(s) missing from the checkpoint: "
-                              f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
-    by_file: dict[Path, list[str]] = {}
-    for name, path in files.items():
-        by_file.setdefault(path, []).append(name)
-    for path, names in by_file.items():
-        with open_safetensors(path) as f:
-            for name in names:
-                tensor = check_tensor(path, name, read_tensor(f, path, name))
-                want = expected.get(name)
-                if want is not None and tuple(tensor.shape) != want:
-                    raise CheckpointError(f"{path}: tensor {name!r} has shape {list(tensor.shape)}, "
-                                          f"config.json implies {list(want)}")

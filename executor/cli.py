@@ -11,31 +11,23 @@ from pathlib import Path
 
 import click
 
-ENGINE_OPTIONS = [
-    click.option("--model", "model_name", default="smollm2-135m", show_default=True,
-                 help="smollm2-135m or an HF model directory."),
-    click.option("--device", default=None, help="cpu or cuda (default: cuda when present)."),
-    click.option("--dtype", default=None, help="float32 / bfloat16 / float16 (default: bf16 on GPU, fp32 on CPU)."),
-    click.option("--attention-backend", default="torch", show_default=True,
-                 type=click.Choice(["torch", "triton", "flash-attn"])),
-    click.option("--kv-cache-memory", type=int, default=None, help="KV cache bytes (default: profiled on GPU, 512 MiB on CPU)."),
-    click.option("--max-model-len", type=int, default=None),
-    click.option("--max-num-seqs", type=int, default=128, show_default=True),
-    click.option("--max-num-batched-tokens", type=int, default=2048, show_default=True),
-    click.option("--block-size", type=int, default=16, show_default=True),
-    click.option("--policy", default="fcfs", show_default=True,
-                 type=click.Choice(["fcfs", "priority", "shortest-prompt-first", "longest-prefix-match"])),
-    click.option("--batching", default="continuous", show_default=True, type=click.Choice(["continuous", "static"])),
-    click.option("--kv-layout", default="paged", show_default=True, type=click.Choice(["paged", "contiguous"])),
-    click.option("--prefix-caching/--no-prefix-caching", default=None,
-                 help="Default: on for paged KV, off for contiguous."),
-    click.option("--chunked-prefill/--no-chunked-prefill", default=True, show_default=True),
-    click.option("--cuda-graphs/--no-cuda-graphs", default=None, help="Default: on with CUDA + triton."),
-]
-
+from executor.attention.registry import BACKEND_NAMES
+from traces.knobs_cli import pop_scheduler_knobs, scheduler_options
 
 def engine_options(func):
-    for option in reversed(ENGINE_OPTIONS):
+    """`--model`, every SchedulerConfig knob (the same options as `folovllm sim`), and the
+    executor's own knobs."""
+    func = scheduler_options(func)
+    for option in reversed([
+        click.option("--model", "model_name", default="smollm2-135m", show_default=True,
+                     help="smollm2-135m or an HF model directory."),
+        click.option("--device", default=None, help="cpu or cuda (default: cuda when present)."),
+        click.option("--dtype", default=None, help="float32 / bfloat16 / float16 (default: bf16 on GPU, fp32 on CPU)."),
+        click.option("--attention-backend", default="torch", show_default=True, type=click.Choice(BACKEND_NAMES)),
+        click.option("--kv-cache-memory", type=int, default=None,
+                     help="KV cache bytes when --num-blocks is not set (default: profiled on GPU, 512 MiB on CPU)."),
+        click.option("--cuda-graphs/--no-cuda-graphs", default=None, help="Default: on with CUDA + triton."),
+    ]):
         func = option(func)
     return func
 
@@ -43,17 +35,11 @@ def engine_options(func):
 def build_engine(opts: dict):
     from executor.engine import LLMEngine
 
-    prefix = opts["prefix_caching"]
-    if prefix is None:
-        prefix = opts["kv_layout"] == "paged"
+    knobs = pop_scheduler_knobs(opts)
     try:
         return LLMEngine(
             opts["model_name"], device=opts["device"], dtype=opts["dtype"], attention_backend=opts["attention_backend"],
-            kv_cache_memory=opts["kv_cache_memory"], max_model_len=opts["max_model_len"],
-            max_num_seqs=opts["max_num_seqs"], max_num_batched_tokens=opts["max_num_batched_tokens"],
-            block_size=opts["block_size"], policy=opts["policy"], batching=opts["batching"],
-            kv_layout=opts["kv_layout"], enable_prefix_caching=prefix,
-            enable_chunked_prefill=opts["chunked_prefill"], cuda_graphs=opts["cuda_graphs"],
+            kv_cache_memory=opts["kv_cache_memory"], cuda_graphs=opts["cuda_graphs"], **knobs,
         )
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc

@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 
 from executor.attention.base import AttentionMetadata
+from policy.utils import cdiv
 
 
 def default_batch_sizes(max_batch: int) -> list[int]:
@@ -39,7 +40,7 @@ class DecodeGraphRunner:
         self.max_bs = self.batch_sizes[-1]
         self.max_model_len = max_model_len
         self.block_size = block_size
-        self.max_blocks = -(-max_model_len // block_size)
+        self.max_blocks = cdiv(max_model_len, block_size)
         dev = torch.device(device)
         hidden = model.config.hidden_size
         dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype

@@ -14,8 +14,6 @@ The stages also run on CPU with a tiny shape (tests do that), so only the number
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import random
 import sys
 import time
@@ -23,15 +21,13 @@ from pathlib import Path
 
 import torch
 
+from traces.files import atomic_write_json
+
 
 def _write_json(out: Path | None, name: str, data: dict) -> None:
     if out is None:
         return
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
+    atomic_write_json(out / f"{name}.json", data, sort_keys=False, allow_nan=True, default=str)
 
 
 def _sync(device: torch.device) -> None:

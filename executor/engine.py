@@ -1,30 +1,35 @@
-"""The real engine: the policy's scheduler decides, the model runner executes.
+"""The real engine: the shared step driver with a wall clock and the model runner as its step.
 
-    plan = scheduler.schedule()
-    tokens = runner.execute(plan)            # one forward pass for the whole plan
-    result = scheduler.update_from_output(plan, tokens)
+    driver = StepDriver(scheduler, execute=runner.execute, clock=WallClock(), observer=recorder)
 
-`generate` runs a batch offline (like `vllm.LLM.generate`); `replay` injects requests at
-their arrival times on the monotonic clock and records the same per-request timelines and
-per-step tables as the simulator (through `traces.timeline.TimelineRecorder`).
+The loop itself (arrivals, admission, empty plans, stalls, recording) is `policy.driver`'s,
+the very one the simulator runs; this module only loads the model, sizes the KV pool and
+supplies "run this plan". `generate` runs a batch offline (like `vllm.LLM.generate`);
+`replay` injects requests at their arrival times on the monotonic clock and returns the same
+`RunResult` as the simulator.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
-from executor.attention.base import get_backend
+from executor.attention.registry import get_backend
+from executor.engine_config import ExecutorConfig
 from executor.kv_cache import KVBudgetError, KVCache, blocks_for_budget, bytes_per_block
 from executor.model_runner import ModelRunner
 from executor.sampler import Sampler, SamplingParams
 from policy import Request, RequestRejected, SchedulerConfig, build_scheduler
+from policy.config import DEFAULT_MAX_MODEL_LEN, KNOB_NAMES
+from policy.utils import cdiv
+from policy.driver import Clock, StepDriver
+from policy.plan import StepShape
+from traces.run_result import RunResult
 from traces.timeline import TimelineRecorder
 
 DEFAULT_CPU_KV_BYTES = 512 * 2**20
@@ -51,16 +56,46 @@ class EngineStats:
     rejected: dict[str, str] = field(default_factory=dict)  # request id -> reason
 
 
-@dataclass
-class ReplayResult:
-    recorder: TimelineRecorder
-    wall_s: float
-    num_requests: int
-    num_rejected: int
-    num_finished: int
-    num_preemptions: int
-    prefix_queries_tokens: int
-    prefix_hit_tokens: int
+class WallClock:
+    """Monotonic seconds since the clock was made; waiting really sleeps."""
+
+    def __init__(self, clock=time.monotonic, sleep=time.sleep) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self._t0 = clock()
+
+    def now(self) -> float:
+        return self._clock() - self._t0
+
+    def wait_until(self, t: float) -> None:
+        delay = t - self.now()
+        if delay > 0:
+            self._sleep(delay)
+
+
+class _NoRecorder:
+    """Observer for online `step()` callers that keep no timelines."""
+
+    def on_arrival(self, request, now) -> None: ...
+
+    def on_rejected(self, request_id, arrival_s, prompt_len, max_tokens, reason) -> None: ...
+
+    def on_preempted(self, request_ids, now) -> None: ...
+
+    def on_aborted(self, request, now) -> None: ...
+
+    def on_step(self, plan, result, start_s, end_s, shape=None) -> None: ...
+
+
+def split_knobs(knobs: dict) -> tuple[dict, dict]:
+    """Route keyword knobs to SchedulerConfig or ExecutorConfig by name; an unknown name is an error."""
+    sched_names = set(KNOB_NAMES)
+    exec_names = set(ExecutorConfig.field_names())
+    unknown = sorted(set(knobs) - sched_names - exec_names)
+    if unknown:
+        raise TypeError(f"LLMEngine: unknown knob(s) {unknown}; scheduling knobs: {sorted(sched_names)}; "
+                        f"executor knobs: {sorted(exec_names)}")
+    return ({k: v for k, v in knobs.items() if k in sched_names}, {k: v for k, v in knobs.items() if k in exec_names})
 
 
 def _default_device() -> torch.device:
@@ -68,43 +103,46 @@ def _default_device() -> torch.device:
 
 
 class LLMEngine:
-    def __init__(
-        self,
-        model: str | Path | torch.nn.Module = "smollm2-135m",
-        *,
-        tokenizer=None,
-        num_blocks: int | None = None,
-        kv_cache_memory: int | None = None,
-        gpu_memory_utilization: float = 0.90,
-        block_size: int = 16,
-        max_model_len: int | None = None,
-        max_num_seqs: int = 128,
-        max_num_batched_tokens: int = 2048,
-        enable_chunked_prefill: bool = True,
-        long_prefill_token_threshold: int = 0,
-        enable_prefix_caching: bool = True,
-        policy: str = "fcfs",
-        batching: str = "continuous",
-        kv_layout: str = "paged",
-        reserve_full_prompt: bool = True,
-        watermark: float = 0.0,
-        attention_backend: str = "torch",
-        device: str | torch.device | None = None,
-        dtype: torch.dtype | str | None = None,
-        cuda_graphs: bool | None = None,
-        cuda_graph_batch_sizes: Sequence[int] | None = None,
-        seed: int = 0,
-        load_tokenizer: bool = True,
-    ) -> None:
-        self.device = torch.device(device) if device is not None else _default_device()
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
+    """A paged-KV serving engine on one device: loads the model, sizes the KV pool, and runs
+    the shared step driver with the model runner as its step.
+
+    `LLMEngine(model, **knobs)`: each keyword is a `SchedulerConfig` field (scheduling, shared
+    with the simulator, same defaults) or an `ExecutorConfig` field (device, dtype, backend,
+    memory); or pass the two records whole. `generate` serves a batch offline, `replay`
+    replays a trace in real time, `add_request` + `step` drive it one step at a time.
+    """
+
+    def __init__(self, model: str | Path | torch.nn.Module = "smollm2-135m", *, tokenizer=None,
+                 scheduler_config: SchedulerConfig | None = None, executor_config: ExecutorConfig | None = None,
+                 **knobs) -> None:
+        sched_knobs, exec_knobs = split_knobs(knobs)
+        if exec_knobs.get("dtype") is not None and not isinstance(exec_knobs["dtype"], str):
+            exec_knobs["dtype"] = str(exec_knobs["dtype"]).removeprefix("torch.")
+        if exec_knobs.get("cuda_graph_batch_sizes") is not None:
+            exec_knobs["cuda_graph_batch_sizes"] = tuple(exec_knobs["cuda_graph_batch_sizes"])
+        ecfg = replace(executor_config or ExecutorConfig(), **exec_knobs)
+        scfg = replace(scheduler_config or SchedulerConfig(), **sched_knobs)
+        self.executor_config = ecfg
+        if ecfg.threads is not None:
+            torch.set_num_threads(ecfg.threads)
+        self.device = torch.device(ecfg.device) if ecfg.device is not None else _default_device()
+        self._load(model, ecfg, tokenizer)
+        self.backend = get_backend(ecfg.attention_backend, self.device)
+        self.scheduler_config = self._size_kv_pool(scfg, ecfg)
+        self.kv_cache = KVCache(self.config, self.scheduler_config.num_blocks, self.scheduler_config.block_size,
+                                dtype=self.dtype, device=self.device)
+        self._build_runner(ecfg)
+        self._ids = itertools.count()
+        self._new_scheduler()
+
+    # -- setup helpers ------------------------------------------------------------------
+    def _load(self, model, ecfg: ExecutorConfig, tokenizer) -> None:
+        dtype = getattr(torch, ecfg.dtype) if ecfg.dtype is not None else None
         if dtype is None and isinstance(model, torch.nn.Module):
             dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
         if dtype is None:
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.dtype = dtype
-
         self.model_dir: Path | None = None
         if isinstance(model, torch.nn.Module):
             self.model = model
@@ -116,40 +154,37 @@ class LLMEngine:
             self.model = load_model(self.model_dir, device=self.device, dtype=dtype)
         self.config = self.model.config
         self.tokenizer = tokenizer
-        if self.tokenizer is None and load_tokenizer and self.model_dir is not None:
+        if self.tokenizer is None and ecfg.load_tokenizer and self.model_dir is not None:
             self.tokenizer = _load_tokenizer(self.model_dir)
 
-        if max_model_len is None:
-            max_model_len = min(4096, self.config.max_position_embeddings)
-        if max_model_len > self.config.max_position_embeddings:
-            raise ValueError(
-                f"max_model_len={max_model_len} exceeds the model's max_position_embeddings="
-                f"{self.config.max_position_embeddings}"
-            )
-        self.backend = get_backend(attention_backend, self.device)
-
-        min_blocks = -(-max_model_len // block_size)
+    def _size_kv_pool(self, scfg: SchedulerConfig, ecfg: ExecutorConfig) -> SchedulerConfig:
+        """The scheduler config with max_model_len and num_blocks resolved for this model and
+        memory budget; refuses a pool that cannot hold one max-length request."""
+        positions = self.config.max_position_embeddings
+        if scfg.max_model_len is not None and scfg.max_model_len > positions:
+            raise ValueError(f"max_model_len={scfg.max_model_len} exceeds the model's max_position_embeddings={positions}")
+        max_model_len = scfg.max_model_len or min(DEFAULT_MAX_MODEL_LEN, positions)
+        block_size = scfg.block_size
+        min_blocks = cdiv(max_model_len, block_size)
+        num_blocks = scfg.num_blocks
         if num_blocks is None:
-            if kv_cache_memory is None:
-                kv_cache_memory = (
-                    self._profile_free_memory(gpu_memory_utilization, max_num_batched_tokens, block_size, max_num_seqs)
-                    if self.device.type == "cuda" else DEFAULT_CPU_KV_BYTES
-                )
-            num_blocks = blocks_for_budget(self.config, block_size, dtype, int(kv_cache_memory), min_blocks=min_blocks)
+            budget = ecfg.kv_cache_memory
+            if budget is None:
+                budget = (self._profile_free_memory(ecfg.gpu_memory_utilization, scfg.max_num_batched_tokens,
+                                                    block_size, scfg.max_num_seqs)
+                          if self.device.type == "cuda" else DEFAULT_CPU_KV_BYTES)
+            num_blocks = blocks_for_budget(self.config, block_size, self.dtype, int(budget), min_blocks=min_blocks)
         elif num_blocks < min_blocks:
             raise KVBudgetError(
                 f"num_blocks={num_blocks} cannot hold one request of max_model_len={max_model_len} tokens "
                 f"(needs {min_blocks} blocks of {block_size}); raise num_blocks or lower max_model_len"
             )
-        self.scheduler_config = SchedulerConfig(
-            num_blocks=num_blocks, block_size=block_size, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
-            max_num_batched_tokens=max_num_batched_tokens, enable_chunked_prefill=enable_chunked_prefill,
-            long_prefill_token_threshold=long_prefill_token_threshold, enable_prefix_caching=enable_prefix_caching,
-            policy=policy, batching=batching, kv_layout=kv_layout, reserve_full_prompt=reserve_full_prompt,
-            watermark=watermark,
-        )
-        self.kv_cache = KVCache(self.config, num_blocks, block_size, dtype=dtype, device=self.device)
+        return replace(scfg, num_blocks=num_blocks, max_model_len=max_model_len)
+
+    def _build_runner(self, ecfg: ExecutorConfig) -> None:
+        scfg = self.scheduler_config
         graph_runner = None
+        cuda_graphs = ecfg.cuda_graphs
         if cuda_graphs is None:
             cuda_graphs = self.device.type == "cuda" and self.backend.graph_capturable
         if cuda_graphs:
@@ -160,19 +195,14 @@ class LLMEngine:
 
             self.kv_cache.bind(self.model, self.backend)
             graph_runner = DecodeGraphRunner(
-                self.model, max_batch=max_num_seqs, max_model_len=max_model_len, block_size=block_size,
-                device=self.device, batch_sizes=cuda_graph_batch_sizes,
+                self.model, max_batch=scfg.max_num_seqs, max_model_len=scfg.max_model_len,
+                block_size=scfg.block_size, device=self.device, batch_sizes=ecfg.cuda_graph_batch_sizes,
             )
         self.runner = ModelRunner(self.model, self.kv_cache, self.backend, device=self.device,
-                                  sampler=Sampler(self.device, seed), graph_runner=graph_runner)
+                                  sampler=Sampler(self.device, ecfg.seed), graph_runner=graph_runner)
         if graph_runner is not None:
             graph_runner.capture()
-        self.scheduler = build_scheduler(self.scheduler_config)
-        self._params: dict[str, SamplingParams] = {}
-        self._ids = itertools.count()
-        self.stats = EngineStats()
 
-    # -- setup helpers ------------------------------------------------------------------
     def _profile_free_memory(self, utilization: float, max_tokens: int, block_size: int, max_seqs: int) -> int:
         """Bytes left for KV after a forward pass of the largest step (peak activations, logits
         of the largest sampling batch), given the target memory utilisation."""
@@ -183,7 +213,7 @@ class LLMEngine:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
         n = max(1, min(max_tokens, self.config.max_position_embeddings))
-        blocks = -(-n // block_size)
+        blocks = cdiv(n, block_size)
         cache = KVCache(self.config, blocks, block_size, dtype=self.dtype, device=dev)
         cache.bind(self.model, self.backend)
         seqs = max(1, min(max_seqs, n))
@@ -223,10 +253,17 @@ class LLMEngine:
         if data["num_blocks"] > self.kv_cache.num_blocks or data["block_size"] != self.kv_cache.block_size:
             raise ValueError("reset_scheduler cannot grow the KV pool or change block_size")
         self.scheduler_config = SchedulerConfig.from_dict(data)
+        self._new_scheduler()
+
+    def _new_scheduler(self) -> None:
+        """A fresh scheduler, a clean worker, and the online driver `add_request`/`step` use."""
         self.scheduler = build_scheduler(self.scheduler_config)
-        self.runner.block_tables.clear()
-        self._params.clear()
+        self.runner.reset()
         self.stats = EngineStats()
+        self._driver = self._make_driver(WallClock(), _NoRecorder())
+
+    def _make_driver(self, clock, observer) -> StepDriver:
+        return StepDriver(self.scheduler, self._execute, clock, observer, admit_check=self._check_request)
 
     # -- requests ---------------------------------------------------------------------
     def tokenize(self, prompt: str) -> list[int]:
@@ -248,50 +285,57 @@ class LLMEngine:
             min_tokens=params.min_tokens,
         )
 
+    def _check_request(self, request: Request) -> None:
+        """The executor's own admission check (token ids must index the embedding), run by the
+        driver before the scheduler's; attaches default greedy sampling when none is set."""
+        vocab = self.config.vocab_size
+        bad = [t for t in request.prompt_token_ids if not (isinstance(t, int) and 0 <= t < vocab)]
+        if bad:
+            raise RequestRejected(
+                f"request {request.request_id!r}: prompt token id(s) {bad[:5]} outside the vocabulary [0, {vocab})"
+            )
+        if request.sampling_params is None:
+            request.sampling_params = self._default_params(request)
+
+    @staticmethod
+    def _default_params(request: Request) -> SamplingParams:
+        max_tokens = request.max_tokens if isinstance(request.max_tokens, int) and request.max_tokens >= 1 else 1
+        return SamplingParams(temperature=0.0, max_tokens=max_tokens,
+                              min_tokens=min(max(0, request.min_tokens), max_tokens),
+                              ignore_eos=request.ignore_eos, stop_token_ids=request.stop_token_ids)
+
     def add_request(self, request: Request, params: SamplingParams | None = None) -> None:
-        """Queue a policy Request; raises RequestRejected (counted in stats) for bad ones."""
-        if params is None:
-            params = SamplingParams(temperature=0.0, max_tokens=max(1, request.max_tokens), min_tokens=request.min_tokens,
-                                    ignore_eos=request.ignore_eos, stop_token_ids=request.stop_token_ids)
+        """Queue a policy Request now; raises RequestRejected (counted in stats) for bad ones."""
+        if params is not None:
+            request.sampling_params = params
         try:
-            vocab = self.config.vocab_size
-            bad = [t for t in request.prompt_token_ids if not (isinstance(t, int) and 0 <= t < vocab)]
-            if bad:
-                raise RequestRejected(
-                    f"request {request.request_id!r}: prompt token id(s) {bad[:5]} outside the vocabulary [0, {vocab})"
-                )
+            self._check_request(request)
             self.scheduler.add_request(request)
         except RequestRejected as exc:
             self.stats.num_rejected += 1
             self.stats.rejected[request.request_id] = str(exc)
             raise
-        self._params[request.request_id] = params
 
     def abort(self, request_id: str) -> Request:
-        request = self.scheduler.abort(request_id)
-        self._params.pop(request_id, None)
-        return request
+        return self.scheduler.abort(request_id)
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()
 
     # -- the step -----------------------------------------------------------------------
-    def step(self):
-        """Schedule and run one step. Returns (plan, StepResult), result None for an empty plan."""
-        sched = self.scheduler
-        plan = sched.schedule()
-        if plan.is_empty:
-            self.runner.execute(plan, sched.requests, self._params)  # drops tables of aborted requests
-            return plan, None
+    def _execute(self, plan, shape) -> list:
+        """The driver's "run this plan": one forward pass and sampling, timed."""
+        if not plan.scheduled:
+            return self.runner.execute(plan)  # drops worker state of ended requests
         t0 = time.perf_counter()
-        sampled = self.runner.execute(plan, sched.requests, self._params)
-        result = sched.update_from_output(plan, sampled)
+        sampled = self.runner.execute(plan)
         self.stats.step_seconds += time.perf_counter() - t0
         self.stats.num_steps += 1
-        for request in result.finished:
-            self.runner.drop(request.request_id)
-            self._params.pop(request.request_id, None)
-        return plan, result
+        return sampled
+
+    def step(self):
+        """Schedule and run one step. Returns (plan, StepResult), result None for an empty plan."""
+        return self._driver.step()
 
     # -- offline generation ---------------------------------------------------------------
     def generate(self, prompts, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[Output]:
@@ -311,36 +355,18 @@ class LLMEngine:
         if self.scheduler.has_unfinished_requests():
             raise RuntimeError("generate() needs an idle engine (requests are still queued)")
         requests = []
-        try:
-            for i, (prompt, params) in enumerate(zip(prompts, params_list)):
-                req = self.make_request(prompt, params)
-                try:
-                    self.add_request(req, params)
-                except RequestRejected as exc:
-                    raise RequestRejected(f"prompt {i}: {exc}") from None
-                requests.append(req)
-        except BaseException:
-            for req in requests:
-                if req.request_id in self.scheduler.requests:
-                    self.abort(req.request_id)
-            self.scheduler.schedule()  # flush the aborts (frees worker state)
-            raise
-        self._run_until_done()
+        for i, (prompt, params) in enumerate(zip(prompts, params_list)):
+            req = self.make_request(prompt, params)
+            req.sampling_params = params
+            try:  # every prompt is checked before any runs: a bad one leaves nothing queued
+                self._check_request(req)
+                self.scheduler.validate(req)
+            except RequestRejected as exc:
+                self.stats.num_rejected += 1
+                raise RequestRejected(f"prompt {i}: {exc}") from None
+            requests.append(req)
+        self._make_driver(WallClock(), TimelineRecorder()).run(requests)
         return [self._output(req) for req in requests]
-
-    def _run_until_done(self) -> None:
-        idle_steps = 0
-        while self.scheduler.has_unfinished_requests():
-            _plan, result = self.step()
-            if result is None:
-                idle_steps += 1
-                if idle_steps > 2:
-                    raise RuntimeError(
-                        f"scheduler made no progress with {self.scheduler.num_waiting} waiting and "
-                        f"{self.scheduler.num_running} running requests"
-                    )
-            else:
-                idle_steps = 0
 
     def _output(self, req: Request) -> Output:
         tokens = list(req.output_token_ids)
@@ -351,64 +377,47 @@ class LLMEngine:
     # -- real-time trace replay -------------------------------------------------------------
     def replay(self, requests: Iterable[Request], *, sampling_params: SamplingParams | None = None,
                time_scale: float = 1.0, recorder: TimelineRecorder | None = None,
-               clock=time.monotonic, sleep=time.sleep) -> ReplayResult:
+               clock: Clock | None = None, step_duration: Callable[[StepShape], float] | None = None) -> RunResult:
         """Inject each request at `arrival_time * time_scale` seconds after the start (on the
         monotonic clock), run steps while there is work, sleep until the next arrival when idle.
-        Requests the scheduler refuses are recorded as rejected and counted; the rest are served.
+        Requests must come in arrival order. Refused requests are recorded as rejected and
+        counted; the rest are served.
 
         `sampling_params` is a template (temperature, top-k/p, seed); each request keeps its own
         max_tokens / min_tokens / ignore_eos / stop ids. Default: greedy.
+
+        `clock` defaults to the monotonic wall clock. With `step_duration` (e.g. a simulator
+        cost model's `time_for_shape`) and a virtual clock, each step still runs on the model
+        but time advances by the priced duration instead: the executor then replays exactly
+        what the simulator would (tests/test_engines_agree.py).
         """
         if self.scheduler.has_unfinished_requests():
             raise RuntimeError("replay() needs an idle engine")
+        if step_duration is not None and not hasattr(clock, "advance"):
+            raise ValueError("replay(step_duration=...) needs a clock with advance(), e.g. policy.driver.VirtualClock")
         recorder = recorder or TimelineRecorder()
         template = sampling_params or SamplingParams(temperature=0.0)
-        pending = deque(sorted(requests, key=lambda r: r.arrival_time))
-        n_total, n_rejected = len(pending), 0
-        preemptions_before = self.scheduler.num_preemptions
-        pstats0 = self.scheduler.prefix_cache_stats
-        q0, h0 = pstats0.queries_tokens, pstats0.hit_tokens
-        t0 = clock()
-        sched = self.scheduler
-        while pending or sched.has_unfinished_requests():
-            now = clock() - t0
-            while pending and pending[0].arrival_time * time_scale <= now:
-                req = pending.popleft()
+
+        def prepared(reqs):
+            for req in reqs:
                 req.arrival_time = req.arrival_time * time_scale
-                if req.request_id in recorder.timelines:  # cannot hold two timelines under one id
-                    n_rejected += 1
-                    self.stats.num_rejected += 1
-                    self.stats.rejected[f"{req.request_id}#dup{n_rejected}"] = f"request {req.request_id!r}: duplicate request_id"
-                    continue
-                recorder.on_arrival(req, req.arrival_time)
-                try:
-                    self.add_request(req, self._replay_params(template, req))
-                except RequestRejected as exc:
-                    n_rejected += 1
-                    recorder.on_rejected(req.request_id, req.arrival_time, req.num_prompt_tokens,
-                                         req.max_tokens, str(exc))
-            if not sched.has_unfinished_requests():
-                if pending:
-                    sleep(max(0.0, pending[0].arrival_time * time_scale - (clock() - t0)))
-                continue
-            start = clock() - t0
-            plan, result = self.step()
-            end = clock() - t0
-            if result is None:
-                if pending:
-                    sleep(max(0.0, min(0.01, pending[0].arrival_time * time_scale - end)))
-                    continue
-                raise RuntimeError(
-                    f"scheduler made no progress with {sched.num_waiting} waiting and {sched.num_running} running"
-                )
-            recorder.on_step(plan, result, start, end)
-        pstats = sched.prefix_cache_stats
-        finished = sum(1 for t in recorder.timelines.values() if t.status == "finished")
-        return ReplayResult(
-            recorder=recorder, wall_s=clock() - t0, num_requests=n_total, num_rejected=n_rejected,
-            num_finished=finished, num_preemptions=sched.num_preemptions - preemptions_before,
-            prefix_queries_tokens=pstats.queries_tokens - q0, prefix_hit_tokens=pstats.hit_tokens - h0,
-        )
+                req.sampling_params = self._replay_params(template, req)
+                yield req
+
+        clock = clock if clock is not None else WallClock()
+        execute = self._execute
+        if step_duration is not None:
+            def execute(plan, shape, run=self._execute):
+                sampled = run(plan, shape)
+                if plan.scheduled:
+                    clock.advance(step_duration(shape))
+                return sampled
+
+        t0 = time.perf_counter()
+        driver = StepDriver(self.scheduler, execute, clock, recorder, admit_check=self._check_request)
+        stats = driver.run(prepared(requests))
+        return RunResult(recorder=recorder, scheduler_config=self.scheduler_config, stats=stats, engine="executor",
+                         wall_s=time.perf_counter() - t0)
 
     @staticmethod
     def _replay_params(template: SamplingParams, req: Request) -> SamplingParams:

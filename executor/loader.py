@@ -20,7 +20,7 @@ from executor.layers.rotary import RotaryEmbedding
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
-__all__ = ["CheckpointError", "build_model", "checkpoint_files", "load_model", "load_weights"]
+__all__ = ["CheckpointError", "build_model", "checkpoint_files", "load_model", "load_weights", "verify_model_dir"]
 
 
 def checkpoint_files(model_dir: Path) -> dict[str, Path]:
@@ -120,3 +120,32 @@ def load_weights(model: torch.nn.Module, model_dir: Path) -> None:
                                if field in str(exc) and f"{module_name}.{field}" in files), module_name)
                 where = files.get(tensor, model_dir)
                 raise CheckpointError(f"{where}: tensor {tensor!r}: {exc}") from None
+
+
+def verify_model_dir(model_dir: Path, *, check_shapes: bool = True) -> None:
+    """Check a whole HF directory before a tool that trusts it (the quantizer, transformers):
+    config.json parses, every shard opens, every tensor has a documented dtype and finite values
+    and (for an unquantized checkpoint of a supported architecture, with `check_shapes`) the
+    shape config.json implies. Streams every tensor once; nothing stays in memory."""
+    model_dir = Path(model_dir)
+    expected: dict[str, tuple[int, ...]] = {}
+    if check_shapes:
+        config = ModelConfig.from_dir(model_dir)
+        if config.quantization_config is None:
+            expected = config.expected_tensor_shapes()
+    files = checkpoint_files(model_dir)
+    missing = sorted(n for n in expected if n not in files)
+    if missing:
+        raise CheckpointError(f"{model_dir}: {len(missing)} tensor(s) missing from the checkpoint: "
+                              f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+    by_file: dict[Path, list[str]] = {}
+    for name, path in files.items():
+        by_file.setdefault(path, []).append(name)
+    for path, names in by_file.items():
+        with open_safetensors(path) as f:
+            for name in names:
+                tensor = check_tensor(path, name, read_tensor(f, path, name))
+                want = expected.get(name)
+                if want is not None and tuple(tensor.shape) != want:
+                    raise CheckpointError(f"{path}: tensor {name!r} has shape {list(tensor.shape)}, "
+                                          f"config.json implies {list(want)}")

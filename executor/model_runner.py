@@ -16,6 +16,7 @@ import torch
 from executor.attention.base import AttentionBackend, AttentionMetadata
 from executor.kv_cache import KVCache
 from executor.sampler import SampleRow, Sampler, SamplingParams
+from policy.utils import cdiv
 
 
 @dataclass
@@ -40,7 +41,7 @@ def build_step_inputs(
     max_blocks = 1
     for tokens, computed, table in rows:
         n = len(tokens)
-        need = -(-(computed + n) // block_size)
+        need = cdiv(computed + n, block_size)
         if need > len(table):
             raise ValueError(
                 f"block table of {len(table)} blocks cannot hold {computed + n} tokens (block_size={block_size})"
@@ -82,8 +83,29 @@ def build_step_inputs(
     )
 
 
+@dataclass
+class RequestState:
+    """The worker's own copy of a running request, built from plans alone: its tokens (the
+    ones the plan sent when it started, plus every token this runner sampled for it), its
+    block table, and how to sample it."""
+
+    token_ids: list[int]
+    num_prompt_tokens: int
+    block_table: list[int]
+    params: SamplingParams
+    eos_token_id: int | None
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+
+_GREEDY = SamplingParams(temperature=0.0)
+
+
 class ModelRunner:
-    """Owns the model, its KV cache and the mirrored block tables; executes plans."""
+    """Owns the model, its KV cache and a per-request mirror kept from the plans; executes
+    plans. It never sees the scheduler or its `Request` objects (vLLM v1's worker split)."""
 
     def __init__(self, model, kv_cache: KVCache, backend: AttentionBackend, *, device: torch.device | str,
                  sampler: Sampler | None = None, graph_runner=None) -> None:
@@ -93,41 +115,54 @@ class ModelRunner:
         self.device = torch.device(device)
         self.block_size = kv_cache.block_size
         self.sampler = sampler or Sampler(self.device)
-        self.block_tables: dict[str, list[int]] = {}
+        self.states: dict[str, RequestState] = {}
         self.graph_runner = graph_runner
         kv_cache.bind(model, backend)
 
-    # -- block tables ---------------------------------------------------------------
+    # -- per-request state, from plans only ----------------------------------------------
     def drop(self, request_id: str) -> None:
-        self.block_tables.pop(request_id, None)
+        self.states.pop(request_id, None)
 
-    def _update_tables(self, plan) -> None:
+    def reset(self) -> None:
+        self.states.clear()
+
+    def _update_states(self, plan) -> None:
+        states = self.states
         for rid in plan.preempted_ids:
-            self.drop(rid)
+            states.pop(rid, None)
         for rid in plan.finished_ids:
-            self.drop(rid)
+            states.pop(rid, None)
         for row in plan.scheduled:
             if row.new_table:
-                self.block_tables[row.request_id] = list(row.block_ids)
-            elif row.block_ids:
-                self.block_tables[row.request_id].extend(row.block_ids)
-            elif row.request_id not in self.block_tables:
-                raise KeyError(f"plan step {plan.step_id}: request {row.request_id!r} has no block table (new_table=False)")
+                new = row.new_request
+                if new is None:
+                    raise ValueError(f"plan step {plan.step_id}: request {row.request_id!r} starts without its tokens")
+                states[row.request_id] = RequestState(
+                    list(new.token_ids), new.num_prompt_tokens, list(row.block_ids),
+                    new.sampling_params if new.sampling_params is not None else _GREEDY, new.eos_token_id,
+                )
+            else:
+                state = states.get(row.request_id)
+                if state is None:
+                    raise KeyError(f"plan step {plan.step_id}: request {row.request_id!r} has no state (new_table=False)")
+                if row.block_ids:
+                    state.block_table.extend(row.block_ids)
 
     # -- execution ------------------------------------------------------------------
-    def prepare(self, plan, requests) -> StepInputs:
-        self._update_tables(plan)
+    def prepare(self, plan) -> StepInputs:
+        self._update_states(plan)
+        states = self.states
         rows, samples = [], []
         for row in plan.scheduled:
-            req = requests[row.request_id]
+            state = states[row.request_id]
             c, n = row.num_computed_tokens, row.num_new_tokens
-            tokens = req.all_token_ids[c : c + n]
+            tokens = state.token_ids[c : c + n]
             if len(tokens) != n:
                 raise ValueError(
                     f"plan step {plan.step_id}: request {row.request_id!r} asks for tokens [{c}, {c + n}) "
-                    f"but has only {req.num_tokens}"
+                    f"but the worker knows only {len(state.token_ids)}"
                 )
-            rows.append((tokens, c, self.block_tables[row.request_id]))
+            rows.append((tokens, c, state.block_table))
             samples.append(row.samples)
         return build_step_inputs(rows, samples, self.block_size, self.device)
 
@@ -144,22 +179,23 @@ class ModelRunner:
         return self.model.compute_logits(hidden[inputs.logits_rows]).to(torch.float32)
 
     @torch.inference_mode()
-    def execute(self, plan, requests, params: dict[str, SamplingParams]) -> list[int | None]:
-        """Run one plan; entry i is the token sampled for plan.scheduled[i] (None if it does not sample)."""
+    def execute(self, plan) -> list[int | None]:
+        """Run one plan; entry i is the token sampled for plan.scheduled[i] (None if it does not
+        sample). Each sampled token is also appended to the runner's copy of the request."""
         if plan.is_empty:
-            self._update_tables(plan)
+            self._update_states(plan)
             return []
-        inputs = self.prepare(plan, requests)
+        inputs = self.prepare(plan)
         logits = self.forward_logits(inputs)
         out: list[int | None] = [None] * len(plan.scheduled)
         if logits.shape[0] == 0:
             return out
-        sample_rows = []
-        for i in inputs.sampling_plan_rows:
-            rid = plan.scheduled[i].request_id
-            req = requests[rid]
-            sample_rows.append(SampleRow(params[rid], req.num_output_tokens, req.eos_token_id))
+        states = self.states
+        sample_states = [states[plan.scheduled[i].request_id] for i in inputs.sampling_plan_rows]
+        sample_rows = [SampleRow(st.params, st.num_output_tokens, st.eos_token_id) for st in sample_states]
         tokens = self.sampler(logits, sample_rows).tolist()
-        for i, tok in zip(inputs.sampling_plan_rows, tokens):
-            out[i] = int(tok)
+        for i, state, tok in zip(inputs.sampling_plan_rows, sample_states, tokens):
+            tok = int(tok)
+            out[i] = tok
+            state.token_ids.append(tok)
         return out

@@ -27,7 +27,6 @@ requests (mean over steps, max) and the share of reserved KV slots holding token
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -36,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from traces.files import atomic_write_json
 
 REAL_AZURE_CONV = Path(__file__).resolve().parents[1].parent / "shared" / "traces" / "azure-2023-conv" / "AzureLLMInferenceTrace_conv.csv"
 
@@ -312,9 +313,7 @@ def main(argv=None) -> int:
               f"slots holding tokens: paged {100 * kv['paged']['slot_utilization']:.1f}% vs contiguous "
               f"{100 * kv['contiguous']['slot_utilization']:.1f}%", flush=True)
     if args.json_out:
-        tmp = args.json_out.with_name(f".{args.json_out.name}.tmp")
-        tmp.write_text(json.dumps(report, indent=2, default=float))
-        tmp.replace(args.json_out)
+        atomic_write_json(args.json_out, report, sort_keys=False, allow_nan=True, default=float)
     return 0
 
 

@@ -21,14 +21,14 @@ Usage: ``python -m experiments.bench_kernels [--quick] [--repeats 50] [--out res
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
 import sys
-import tempfile
 
 import torch
+
+from traces.files import atomic_write_json
 
 DEVICE = "cuda"  # a module constant so the script's logic can be dry-run elsewhere
 
@@ -268,10 +268,7 @@ def main(argv=None) -> int:
     print(f"\ncorrectness checks: {len(results['checks']) - len(failed)}/{len(results['checks'])} OK"
           + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     if args.out:
-        directory = os.path.dirname(os.path.abspath(args.out))
-        with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as fh:
-            json.dump(results, fh, indent=2)
-        os.replace(fh.name, args.out)
+        atomic_write_json(args.out, results, sort_keys=False, allow_nan=True)
         print(f"wrote {args.out}")
     return 1 if failed else 0
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import statistics
@@ -24,6 +23,8 @@ import time
 from pathlib import Path
 
 from policy import Request, SchedulerConfig, build_scheduler
+from policy.utils import cdiv
+from traces.files import atomic_write_json
 
 BLOCK_SIZE = 16
 PROMPT_LEN = 128
@@ -53,7 +54,7 @@ def bench_one(num_running: int, caching: bool, repeats: int) -> dict:
     steps = max(10, TARGET_REQUEST_STEPS // num_running)
     decode_steps = 2 + steps * repeats  # 2 warm-up steps, then the measured repeats
     max_len = PROMPT_LEN + decode_steps + 8
-    blocks_per_request = -(-max_len // BLOCK_SIZE)
+    blocks_per_request = cdiv(max_len, BLOCK_SIZE)
     cfg = SchedulerConfig(
         num_blocks=num_running * blocks_per_request,
         block_size=BLOCK_SIZE,
@@ -102,10 +103,7 @@ def bench_one(num_running: int, caching: bool, repeats: int) -> dict:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, data, sort_keys=False)
 
 
 def parse_sizes(text: str) -> list[int]:

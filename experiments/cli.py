@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("experiments.runner_cli:calibrate", "Profile the executor and fit the simulator's cost model."),
     "report": ("experiments.runner_cli:report", "Write the HTML + Markdown report of a results folder."),
     "demo": ("experiments.runner_cli:demo", "The main job: calibrate, simulate, execute and report a small sweep."),
+    "fidelity": ("experiments.fidelity:fidelity", "Simulator vs executor at four loads on synthetic and real traces."),
 }
 
 

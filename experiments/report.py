@@ -498,9 +498,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def _write_text(path: Path, text: str) -> Path:
-    import os
+    from traces.files import atomic_write_text
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     return path

@@ -28,7 +28,7 @@ from typing import Callable
 
 from experiments import model_ref, results
 from experiments.environment import code_fingerprint, machine_fingerprint
-from policy import SchedulerConfig
+from policy.utils import cdiv
 from sim.models import check_max_model_len
 from experiments.spec import ExperimentSpec, SpecError, Variant, canonical_json, file_digest
 
@@ -175,17 +175,15 @@ def plan_jobs(spec: ExperimentSpec, *, profile_path: str | None = None) -> list[
             num_blocks = resolve_num_blocks(spec, shape, variant)
         except ValueError as exc:
             raise SpecError(f"{spec.source}: variants[{i}] ({variant.name}): {exc}") from None
-        need = -(-knobs["max_model_len"] // knobs["block_size"])
+        need = cdiv(knobs["max_model_len"], knobs["block_size"])
         if num_blocks < need:
             raise SpecError(
                 f"{spec.source}: variants[{i}] ({variant.name}).num_blocks: the KV pool has {num_blocks} block(s) of "
                 f"{knobs['block_size']} tokens, which cannot hold one request of max_model_len={knobs['max_model_len']} "
                 f"tokens (needs {need}); raise kv_cache_mib / num_blocks or lower max_model_len"
             )
-        sched = {k: knobs[k] for k in knobs if k not in ("attention_backend", "weight_format", "rate_scale")}
-        sched["num_blocks"] = num_blocks
         try:
-            SchedulerConfig(**sched)
+            sched = variant.scheduler_config(num_blocks).to_dict()
         except ValueError as exc:
             raise SpecError(f"{spec.source}: variants[{i}] ({variant.name}): {exc}") from None
         for seed in spec.seeds:
@@ -210,9 +208,7 @@ def plan_jobs(spec: ExperimentSpec, *, profile_path: str | None = None) -> list[
 
 
 def scheduler_kwargs(job: Job) -> dict:
-    knobs = {k: v for k, v in job.variant.knobs.items() if k not in ("attention_backend", "weight_format", "rate_scale")}
-    knobs["num_blocks"] = job.num_blocks
-    return knobs
+    return job.variant.scheduler_config(job.num_blocks).to_dict()
 
 
 # -- simulation (worker side) --------------------------------------------------------------
@@ -296,8 +292,7 @@ class ExecutorPool:
             engine.warmup(num_requests=2, prompt_len=32, max_tokens=4)
             engine.reset_scheduler(**scheduler_kwargs(job))
         replay = engine.replay(workload.requests)
-        stats = {"prefix_queries_tokens": replay.prefix_queries_tokens, "prefix_hit_tokens": replay.prefix_hit_tokens,
-                 "num_preemptions": replay.num_preemptions}
+        stats = replay.scheduler_stats
         info = {**_run_info(self.spec, job), "workload": workload.stats, "wall_s": replay.wall_s,
                 "load_before": _loadavg()}
         return results.write_run(out_dir / "runs" / job.dirname, replay.recorder, slo=self.spec.slo,

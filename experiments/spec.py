@@ -42,12 +42,12 @@ from pathlib import Path
 import yaml
 
 from experiments.strict_yaml import DuplicateKeyError, NotTextError, load_yaml_file
-from policy.config import BATCHING_MODES, KV_LAYOUTS, QUEUE_POLICIES, SchedulerConfig
+from policy.config import DEFAULT_MAX_MODEL_LEN, SchedulerConfig
 
 ENGINES = ("sim", "executor")
 DTYPES = ("bf16", "fp16", "fp32")
 WEIGHT_FORMATS = ("dense", "gptq-int4")
-ATTENTION_BACKENDS = ("torch", "triton", "flash-attn")
+ATTENTION_BACKENDS = ("torch", "triton", "flash-attn")  # executor.attention.registry.BACKEND_NAMES (no torch here)
 TRANSFORM_OPS = {
     "head": {"n": int},
     "scale_rate": {"factor": (int, float)},
@@ -56,22 +56,10 @@ TRANSFORM_OPS = {
 }
 COST_MODELS = ("roofline", "calibrated", "constant")
 
-# Knobs a variant may set: every SchedulerConfig field plus the engine-level ones.
-SCHEDULER_KNOBS = {
-    "num_blocks": int,
-    "block_size": int,
-    "max_model_len": int,
-    "max_num_seqs": int,
-    "max_num_batched_tokens": int,
-    "enable_chunked_prefill": bool,
-    "long_prefill_token_threshold": int,
-    "enable_prefix_caching": bool,
-    "policy": str,
-    "batching": str,
-    "kv_layout": str,
-    "reserve_full_prompt": bool,
-    "watermark": (int, float),
-}
+# Knobs a variant may set: every SchedulerConfig field (names, types, defaults and choices are
+# SchedulerConfig's own) plus the engine-level ones below.
+_SPEC_TYPES = {float: (int, float)}
+SCHEDULER_KNOBS = {name: _SPEC_TYPES.get(typ, typ) for name, typ, *_ in SchedulerConfig.knob_fields()}
 ENGINE_KNOBS = {
     "attention_backend": str,
     "weight_format": str,
@@ -79,25 +67,13 @@ ENGINE_KNOBS = {
 }
 VARIANT_KNOBS = {**SCHEDULER_KNOBS, **ENGINE_KNOBS}
 CHOICES = {
-    "policy": QUEUE_POLICIES,
-    "batching": BATCHING_MODES,
-    "kv_layout": KV_LAYOUTS,
+    **{name: choices for name, _, _, _, choices in SchedulerConfig.knob_fields() if choices},
     "attention_backend": ATTENTION_BACKENDS,
     "weight_format": WEIGHT_FORMATS,
 }
+# Scheduling defaults are SchedulerConfig's (None: resolved per model / memory budget).
 DEFAULT_KNOBS = {
-    "block_size": 16,
-    "max_model_len": 2048,
-    "max_num_seqs": 64,
-    "max_num_batched_tokens": 512,
-    "enable_chunked_prefill": True,
-    "long_prefill_token_threshold": 0,
-    "enable_prefix_caching": True,
-    "policy": "fcfs",
-    "batching": "continuous",
-    "kv_layout": "paged",
-    "reserve_full_prompt": True,
-    "watermark": 0.0,
+    **{name: default for name, _, default, *_ in SchedulerConfig.knob_fields() if name != "num_blocks"},
     "attention_backend": "torch",
     "weight_format": "dense",
     "rate_scale": 1.0,
@@ -303,7 +279,8 @@ def _parse(data, source: str, base_dir: Path | None) -> ExperimentSpec:
     if kv_cache_mib is not None and kv_cache_mib <= 0:
         raise SpecError(f"kv_cache_mib: must be > 0, got {kv_cache_mib}")
 
-    variants = _expand_variants(data.get("base", {}), data.get("variants"), data.get("grid", {}))
+    variants = _expand_variants(data.get("base", {}), data.get("variants"), data.get("grid", {}),
+                                model_max_len=_model_positions(model))
     if trace.get("max_prompt_len") is not None:
         for v in variants:
             if trace["max_prompt_len"] >= v.knobs["max_model_len"]:
@@ -391,7 +368,17 @@ def _check_knobs(where: str, knobs: dict) -> None:
         raise SpecError(f"{where}.rate_scale: must be > 0, got {knobs['rate_scale']}")
 
 
-def _expand_variants(base: dict, variants: list | None, grid: dict) -> list[Variant]:
+def _model_positions(model: str) -> int | None:
+    """The model's max positions (to resolve an unset max_model_len), or None if unknown here."""
+    try:
+        from experiments.model_ref import model_shape
+
+        return model_shape(model).max_position_embeddings
+    except Exception:  # an unprepared or unusual model: the engines resolve it themselves
+        return None
+
+
+def _expand_variants(base: dict, variants: list | None, grid: dict, *, model_max_len: int | None = None) -> list[Variant]:
     _check_knobs("base", base)
     explicit = variants if variants is not None else [{}]
     if not explicit:
@@ -413,6 +400,8 @@ def _expand_variants(base: dict, variants: list | None, grid: dict) -> list[Vari
         for combo in itertools.product(*(grid[k] for k in grid_keys)):
             knobs = {**DEFAULT_KNOBS, **base, **{k: x for k, x in v.items() if k != "name"}, **dict(zip(grid_keys, combo))}
             knobs["watermark"] = float(knobs["watermark"])
+            if knobs["max_model_len"] is None:
+                knobs["max_model_len"] = min(DEFAULT_MAX_MODEL_LEN, model_max_len or DEFAULT_MAX_MODEL_LEN)
             knobs["rate_scale"] = float(knobs["rate_scale"])
             name = v.get("name") or (f"v{i}" if not grid_keys or len(explicit) > 1 else "")
             suffix = ",".join(f"{k}={x}" for k, x in zip(grid_keys, combo))

@@ -12,6 +12,9 @@ from policy.hashing import BlockHash
 
 
 class KVCacheBlock:
+    """One physical block: how many tables point at it, its prefix hash once full, and its
+    links in the free list (intrusive, so moving a block costs no allocation)."""
+
     __slots__ = ("block_id", "ref_cnt", "block_hash", "prev_free", "next_free")
 
     def __init__(self, block_id: int) -> None:
@@ -73,6 +76,11 @@ class FreeBlockQueue:
 
 
 class BlockPool:
+    """Every KV block, created once; an O(1) free list that doubles as the LRU eviction order;
+    and the hash -> block map of the prefix cache. A freed block keeps its hash (and stays
+    findable) until the free list hands it out again, which is what makes a preempted or
+    finished request's KV reusable for free."""
+
     def __init__(self, num_blocks: int, enable_caching: bool = True) -> None:
         if num_blocks < 1:
             raise ValueError(f"BlockPool needs at least one block, got num_blocks={num_blocks}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from policy.kv_cache_manager import PrefixCacheStats
 from policy.request import Request
+from policy.utils import cdiv
 
 
 class ContiguousKVCacheManager:
@@ -18,7 +19,7 @@ class ContiguousKVCacheManager:
     def __init__(self, num_blocks: int, block_size: int, max_model_len: int) -> None:
         self.block_size = block_size
         self.num_blocks = num_blocks
-        self.region_blocks = -(-max_model_len // block_size)
+        self.region_blocks = cdiv(max_model_len, block_size)
         self.num_regions = num_blocks // self.region_blocks
         if self.num_regions < 1:
             raise ValueError(
@@ -54,7 +55,7 @@ class ContiguousKVCacheManager:
         return self.num_used_blocks / self.num_blocks
 
     def blocks_for_tokens(self, num_tokens: int) -> int:
-        return -(-num_tokens // self.block_size)
+        return cdiv(num_tokens, self.block_size)
 
     @property
     def max_blocks_per_request(self) -> int:

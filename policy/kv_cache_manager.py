@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from policy.block_pool import BlockPool, KVCacheBlock
 from policy.hashing import extend_block_hashes
 from policy.request import Request
+from policy.utils import cdiv
 
 NO_BLOCKS: list[int] = []  # shared and never mutated: allocations that append no block
 
@@ -42,6 +43,16 @@ class _RequestBlocks:
 
 
 class KVCacheManager:
+    """Per-request block tables over one shared `BlockPool`, and the prefix cache on top.
+
+    The scheduler asks it three things: which leading blocks of a waiting request are already
+    cached (`get_computed_blocks`), whether `n` more tokens fit (`allocate_slots`, all or
+    nothing: a refusal changes nothing), and to give a request's blocks back (`free`, tail
+    first so the LRU order evicts a request's last blocks before its shared prefix). Full
+    blocks are published under their chained hash as soon as their tokens are scheduled, so
+    requests admitted later in the same step can already hit them.
+    """
+
     def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = True) -> None:
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
@@ -69,7 +80,7 @@ class KVCacheManager:
         return self.pool.usage
 
     def blocks_for_tokens(self, num_tokens: int) -> int:
-        return -(-num_tokens // self.block_size)
+        return cdiv(num_tokens, self.block_size)
 
     @property
     def max_blocks_per_request(self) -> int:
@@ -133,7 +144,7 @@ class KVCacheManager:
         num_held = len(table.blocks) + len(new_computed_blocks)
         total = request.num_computed_tokens + num_new_computed_tokens + num_new_tokens
         bs = self.block_size
-        num_new = -(-total // bs) - num_held
+        num_new = cdiv(total, bs) - num_held
         if num_new <= 0 and not new_computed_blocks:
             # Fast path (almost every decode step): the last block still has room.
             if self.enable_caching and (total if total < request.num_tokens else request.num_tokens) // bs > table.num_cached:
@@ -147,7 +158,7 @@ class KVCacheManager:
         need = num_new + num_revived
         if reserve_tokens:
             reserve_total = request.num_computed_tokens + num_new_computed_tokens + reserve_tokens
-            need = max(need, -(-reserve_total // bs) - num_held + num_revived)
+            need = max(need, cdiv(reserve_total, bs) - num_held + num_revived)
         if need + keep_free_blocks > self.pool.free_queue.num_free:
             if not table.blocks:
                 del self.tables[request.request_id]

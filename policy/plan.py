@@ -8,6 +8,21 @@ executor runs it on a model, and both hand the sampled tokens back to
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
+
+
+@dataclass(slots=True)
+class NewRequestData:
+    """Everything a worker needs to start (or restart) a request, sent once in the row that
+    carries its whole block table: the tokens known so far (prompt, plus outputs when a
+    preempted request is readmitted) and the opaque sampling parameters the engine attached
+    to the request. Afterwards the worker extends its own copy with the tokens it samples,
+    so it never reads the scheduler's `Request` objects (vLLM v1's `NewRequestData`)."""
+
+    token_ids: list[int]
+    num_prompt_tokens: int
+    sampling_params: object = None
+    eos_token_id: int | None = None
 
 
 @dataclass(slots=True)
@@ -30,6 +45,7 @@ class ScheduledRequest:
     new_table: bool
     samples: bool  # this step reaches the end of the known tokens, so it yields a token
     num_prompt_tokens: int
+    new_request: NewRequestData | None = None  # set exactly when new_table is true
 
     @property
     def is_prefill(self) -> bool:
@@ -50,8 +66,8 @@ class SchedulerOutput:
     step_id: int
     scheduled: list[ScheduledRequest]
     preempted_ids: list[str] = field(default_factory=list)
-    # Requests that ended outside update_from_output since the last plan (aborts): workers
-    # drop their state for these.
+    # Requests that ended since the last plan (finished in update_from_output, or aborted):
+    # workers drop their state for these.
     finished_ids: list[str] = field(default_factory=list)
     num_prefill_tokens: int = 0
     num_decode_tokens: int = 0
@@ -76,3 +92,38 @@ class StepResult:
 
     new_tokens: list[tuple[str, int]]
     finished: list  # list[Request]
+
+
+class StepShape(NamedTuple):
+    """The features of a plan that step time depends on, computed once per step and shared by
+    the cost models (sim), the step records (both engines) and the calibration fit.
+
+    A row is a decode iff it feeds one token to a request whose prompt is fully computed;
+    everything else is prefill work. Context = tokens in KV after the step."""
+
+    num_prefill_requests: int
+    num_prefill_tokens: int
+    num_decode_requests: int
+    sum_prefill_context_len: int
+    sum_decode_context_len: int
+    prefill_attn_pairs: int  # q*c + q*(q+1)/2 over prefill chunks of q new tokens after c cached
+    num_sampled: int  # rows that yield a token (LM-head rows)
+
+
+def plan_shape(plan: SchedulerOutput) -> StepShape:
+    """`StepShape` of a plan, in one pass over its rows."""
+    n_pre = pre_tok = n_dec = pre_ctx = dec_ctx = pairs = n_sampled = 0
+    for row in plan.scheduled:
+        q = row.num_new_tokens
+        c = row.num_computed_tokens
+        if q == 1 and c >= row.num_prompt_tokens:
+            n_dec += 1  # a decode always samples: it computes the request's last token
+            dec_ctx += c + 1
+        else:
+            n_pre += 1
+            pre_tok += q
+            pre_ctx += c + q
+            pairs += q * c + (q * (q + 1) >> 1)
+            if row.samples:
+                n_sampled += 1
+    return StepShape(n_pre, pre_tok, n_dec, pre_ctx, dec_ctx, pairs, n_sampled + n_dec)

@@ -60,6 +60,9 @@ class Request:
     ignore_eos: bool = False
     min_tokens: int = 0
     cache_salt: str | None = None  # isolates prefix-cache entries (e.g. per tenant/adapter)
+    # Opaque to the policy layer: handed to the worker in the plan row that starts the request
+    # (the executor's SamplingParams; None in the simulator).
+    sampling_params: object = None
 
     status: RequestStatus = RequestStatus.WAITING
     all_token_ids: list[int] = field(init=False)

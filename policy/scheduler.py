@@ -12,15 +12,31 @@ from __future__ import annotations
 from policy.config import SchedulerConfig
 from policy.contiguous import ContiguousKVCacheManager
 from policy.kv_cache_manager import NO_BLOCKS, KVCacheManager, PrefixCacheStats
-from policy.plan import ScheduledRequest, SchedulerOutput, StepResult
+from policy.plan import NewRequestData, ScheduledRequest, SchedulerOutput, StepResult
 from policy.queues import make_queue
 from policy.request import FINISH_REASONS, Request, RequestRejected, RequestStatus
 
 _RUNNING = RequestStatus.RUNNING
 
 
+def _new_request_data(req: Request) -> NewRequestData:
+    return NewRequestData(list(req.all_token_ids), req.num_prompt_tokens, req.sampling_params, req.eos_token_id)
+
+
 class Scheduler:
+    """Decides, each step, which requests run and how many tokens each computes, within one
+    token budget, `max_num_seqs` and the KV pool; preempts by recompute when the pool runs dry.
+
+    Engines talk to it through four calls: `add_request` / `abort` (requests in and out),
+    `schedule()` (a `SchedulerOutput` plan that carries everything a worker needs) and
+    `update_from_output(plan, sampled_tokens)` (append tokens, apply stop rules, free KV).
+    It owns the waiting queue (ordered by the configured policy) and the running list, and
+    delegates block accounting to its KV manager. It never reads a clock or touches a tensor.
+    """
+
     def __init__(self, config: SchedulerConfig) -> None:
+        if not config.is_resolved:
+            config = config.resolved()  # max_model_len: the default; num_blocks must be set
         self.config = config
         if config.kv_layout == "contiguous":
             self.kv = ContiguousKVCacheManager(config.num_blocks, config.block_size, config.max_model_len)
@@ -38,12 +54,13 @@ class Scheduler:
     # -- requests in and out ----------------------------------------------------------
     def add_request(self, request: Request) -> None:
         """Queue a request, or raise RequestRejected naming what is wrong with it."""
-        self._validate(request)
+        self.validate(request)
         request.status = RequestStatus.WAITING
         self.requests[request.request_id] = request
         self.waiting.add(request)
 
-    def _validate(self, request: Request) -> None:
+    def validate(self, request: Request) -> None:
+        """Raise RequestRejected if `add_request` would refuse this request; changes nothing."""
         rid = request.request_id
         cfg = self.config
         if rid in self.requests:
@@ -93,7 +110,7 @@ class Scheduler:
             raise KeyError(f"fork: {parent_id!r} is not a running request")
         if len(self.running) >= self.config.max_num_seqs:
             raise RequestRejected(f"fork: running batch is full (max_num_seqs={self.config.max_num_seqs})")
-        self._validate(child)
+        self.validate(child)
         if child.all_token_ids[: parent.num_tokens] != parent.all_token_ids[: child.num_tokens]:
             raise RequestRejected(f"fork: child {child.request_id!r} does not extend the parent's tokens")
         child.num_computed_tokens = self.kv.fork(parent, child)
@@ -182,7 +199,8 @@ class Scheduler:
             if needs_table and rid in needs_table:
                 needs_table.discard(rid)
                 rows.append(ScheduledRequest(rid, n, computed, kv.get_block_ids(rid), True,
-                                             computed + n == len(req.all_token_ids), req.num_prompt_tokens))
+                                             computed + n == len(req.all_token_ids), req.num_prompt_tokens,
+                                             _new_request_data(req)))
             else:
                 rows.append(ScheduledRequest(rid, n, computed, new_ids, False,
                                              computed + n == len(req.all_token_ids), len(req.prompt_token_ids)))
@@ -246,7 +264,8 @@ class Scheduler:
                 req.num_cached_tokens = num_hit
             running.append(req)
             rows.append(ScheduledRequest(req.request_id, n, num_hit, kv.get_block_ids(req.request_id), True,
-                                         num_hit + n == req.num_tokens, req.num_prompt_tokens))
+                                         num_hit + n == req.num_tokens, req.num_prompt_tokens,
+                                         _new_request_data(req)))
             req.num_computed_tokens = num_hit + n
             budget -= n
         return budget
@@ -305,7 +324,9 @@ class Scheduler:
                 req.finish_reason = FINISH_REASONS[stop]
                 finished.append(req)
         if finished:
+            done_ids = self._finished_since_plan
             for req in finished:
+                done_ids.append(req.request_id)
                 del requests[req.request_id]
                 self.kv.free(req)
                 self._needs_table.discard(req.request_id)

@@ -4,12 +4,12 @@ No torch, no executor: a trace replays in seconds on one CPU core."""
 from sim.engine import SimulationStalled, simulate
 from sim.hardware import HardwareSpec, get_hardware, kv_blocks_for
 from sim.models import ModelShape, get_model_shape
-from sim.result import SimResult
+from traces.run_result import RunResult
 
 __all__ = [
     "HardwareSpec",
     "ModelShape",
-    "SimResult",
+    "RunResult",
     "SimulationStalled",
     "get_hardware",
     "get_model_shape",

@@ -4,12 +4,11 @@ Saving keeps later simulations deterministic: the measurement happens once, not 
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 
 from sim.hardware import calibrate_cpu
+from traces.files import atomic_write_json
 
 
 def main(argv: list[str]) -> int:
@@ -18,9 +17,7 @@ def main(argv: list[str]) -> int:
         return 2
     spec = calibrate_cpu()
     out = Path(argv[0])
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(spec.to_dict(), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out)
+    atomic_write_json(out, spec.to_dict())
     print(f"wrote {out}: copy {spec.mem_bw / 1e9:.1f} GB/s, fp32 GEMM {spec.flops_32 / 1e9:.1f} GFLOP/s, "
           f"memory {spec.memory_bytes / 2**30:.1f} GiB")
     return 0

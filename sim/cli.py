@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from policy import SchedulerConfig
-from policy.config import BATCHING_MODES, KV_LAYOUTS, QUEUE_POLICIES
+from traces.knobs_cli import pop_scheduler_knobs, scheduler_options
 
 
 def _parse_params(pairs: tuple[str, ...]) -> dict:
@@ -106,19 +106,9 @@ def print_summary(summary: dict, title: str) -> None:
 @click.option("--weight-bits", type=click.Choice(["16", "4"]), default=None,
               help="Linear-layer weight bits (4 = GPTQ). Default: 4 if the model dir says GPTQ, else 16.")
 @click.option("--cost-model", default="roofline", show_default=True, help="'roofline' or a profile .json.")
-@click.option("--max-num-seqs", default=128, show_default=True, type=int)
-@click.option("--max-num-batched-tokens", default=2048, show_default=True, type=int)
-@click.option("--max-model-len", default=None, type=int, help="Default: the model's max positions, capped at 8192.")
+@scheduler_options
 @click.option("--allow-long-max-model-len", is_flag=True,
               help="Accept a --max-model-len above the model's max_position_embeddings (refused otherwise).")
-@click.option("--block-size", default=16, show_default=True, type=int)
-@click.option("--no-chunked-prefill", is_flag=True, help="Disable chunked prefill.")
-@click.option("--long-prefill-token-threshold", default=0, show_default=True, type=int)
-@click.option("--no-prefix-caching", is_flag=True, help="Disable the prefix cache.")
-@click.option("--policy", type=click.Choice(QUEUE_POLICIES), default="fcfs", show_default=True)
-@click.option("--batching", type=click.Choice(BATCHING_MODES), default="continuous", show_default=True)
-@click.option("--kv-layout", type=click.Choice(KV_LAYOUTS), default="paged", show_default=True)
-@click.option("--num-blocks", default=None, type=click.IntRange(min=1), help="KV pool size (overrides memory sizing).")
 @click.option("--gpu-memory-utilization", default=0.9, show_default=True, type=float)
 @click.option("--slo-ttft-ms", default=None, type=float, help="Goodput SLO on TTFT (ms).")
 @click.option("--slo-tpot-ms", default=None, type=float, help="Goodput SLO on TPOT (ms).")
@@ -128,10 +118,12 @@ def print_summary(summary: dict, title: str) -> None:
 @click.option("--token-times", is_flag=True, help="Also write every output token's time (tokens.*).")
 @click.option("--quiet", is_flag=True, help="No progress bar, no summary table.")
 def sim(trace, trace_format, arrival_mode, preset, params, seed, limit, model, hardware, dtype, weight_bits, cost_model,
-        max_num_seqs, max_num_batched_tokens, max_model_len, allow_long_max_model_len, block_size, no_chunked_prefill,
-        long_prefill_token_threshold, no_prefix_caching, policy, batching, kv_layout, num_blocks,
-        gpu_memory_utilization, slo_ttft_ms, slo_tpot_ms, slo_e2el_ms, out_dir, formats, token_times, quiet):
-    """Replay a trace through the discrete-event simulator and print/write its metrics."""
+        gpu_memory_utilization, slo_ttft_ms, slo_tpot_ms, slo_e2el_ms, out_dir, formats, token_times, quiet,
+        allow_long_max_model_len, **knobs):
+    """Replay a trace through the discrete-event simulator and print/write its metrics.
+
+    Every scheduling knob of SchedulerConfig is an option here (same names and defaults as
+    in experiment specs and the executor's CLIs)."""
     from sim.cost.base import load_cost_model
     from sim.engine import SimulationStalled, simulate
     from sim.hardware import get_hardware, kv_blocks_for
@@ -141,24 +133,20 @@ def sim(trace, trace_format, arrival_mode, preset, params, seed, limit, model, h
         shape = get_model_shape(model)
         gptq = gptq_bits_from_hf_config(model) if Path(model).exists() else None
         bits = int(weight_bits) if weight_bits else (gptq[0] if gptq else 16)
-        prefix_caching = not no_prefix_caching
-        if kv_layout == "contiguous" and prefix_caching:
-            prefix_caching = False
-            if not quiet:
-                click.echo("note: --kv-layout contiguous has no prefix cache; prefix caching turned off", err=True)
-        if max_model_len is None:
-            max_model_len = min(shape.max_position_embeddings, 8192)
-        check_max_model_len(shape, max_model_len, allow_longer=allow_long_max_model_len)
-        if num_blocks is None:
+        knobs = pop_scheduler_knobs(knobs, quiet=quiet)
+        config = SchedulerConfig(**knobs)
+        if config.max_model_len is not None:
+            check_max_model_len(shape, config.max_model_len, allow_longer=allow_long_max_model_len)
+        if config.num_blocks is None:
             hw = get_hardware(hardware)
-            num_blocks = kv_blocks_for(shape, hw, gpu_memory_utilization, block_size, dtype, weight_bits=bits,
-                                       max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs)
-        config = SchedulerConfig(
-            num_blocks=num_blocks, block_size=block_size, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
-            max_num_batched_tokens=max_num_batched_tokens, enable_chunked_prefill=not no_chunked_prefill,
-            long_prefill_token_threshold=long_prefill_token_threshold, enable_prefix_caching=prefix_caching,
-            policy=policy, batching=batching, kv_layout=kv_layout,
-        )
+            blocks = kv_blocks_for(shape, hw, gpu_memory_utilization, config.block_size, dtype, weight_bits=bits,
+                                   max_num_batched_tokens=config.max_num_batched_tokens,
+                                   max_num_seqs=config.max_num_seqs)
+        else:
+            blocks = None
+        beyond = allow_long_max_model_len and config.max_model_len is not None  # the explicit override
+        config = config.resolved(num_blocks=blocks, model_max_len=None if beyond else shape.max_position_embeddings)
+        num_blocks, block_size = config.num_blocks, config.block_size
         costs = load_cost_model(cost_model, model=model, hardware=hardware, dtype=dtype, weight_bits=bits)
         fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
         bad = [f for f in fmts if f not in ("parquet", "csv")]

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from traces.table import TraceTable
+from policy.utils import cdiv
 
 STRUCT_BLOCK = 16  # block size of the hash ids the structured generators emit
 
@@ -45,7 +46,7 @@ def replay_arrivals(trace: TraceTable, n: int, rate: float | None) -> np.ndarray
     the trace's own rate). Cycles through the trace when `n` exceeds its length."""
     t = np.sort(trace.df["arrival_s"].to_numpy(dtype=np.float64))
     gaps = np.diff(t, prepend=t[0])
-    reps = -(-n // len(gaps))
+    reps = cdiv(n, len(gaps))
     gaps = np.tile(gaps, reps)[:n]
     gaps[0] = 0.0
     arrivals = np.cumsum(gaps)
@@ -167,7 +168,7 @@ def gen_shared_prefix(num_groups=8, prompts_per_group=16, system_prompt_len=512,
     groups = rng.permutation(np.repeat(np.arange(num_groups), prompts_per_group))
     sys_blocks = system_prompt_len // STRUCT_BLOCK  # only whole blocks can be shared
     prompt_len = system_prompt_len + question_len
-    total_blocks = -(-prompt_len // STRUCT_BLOCK)
+    total_blocks = cdiv(prompt_len, STRUCT_BLOCK)
     next_id = num_groups * sys_blocks
     hashes = []
     for g in groups.tolist():
@@ -197,7 +198,7 @@ def gen_multi_turn(num_sessions=32, turns=4, first_prompt_len=256, user_turn_len
             full = plen // STRUCT_BLOCK
             keep = history_len // STRUCT_BLOCK  # whole blocks of the previous prompt
             ids = history_ids[:keep]
-            extra = -(-plen // STRUCT_BLOCK) - len(ids)
+            extra = cdiv(plen, STRUCT_BLOCK) - len(ids)
             ids = ids + list(range(next_id, next_id + extra))
             next_id += extra
             rows.append((f"{s}-{turn}", t, plen, output_len, str(s), turn, ids))
@@ -213,7 +214,7 @@ def gen_multi_turn(num_sessions=32, turns=4, first_prompt_len=256, user_turn_len
 def gen_few_shot(num_requests=256, num_prefixes=4, prefix_len=1024, question_len=64, output_len=64, rate=0.0, cv=1.0,
                  seed=0, **_):
     """A few long few-shot example blocks, each reused by many short questions."""
-    per = -(-num_requests // num_prefixes)
+    per = cdiv(num_requests, num_prefixes)
     table = gen_shared_prefix(num_prefixes, per, prefix_len, question_len, output_len, rate, cv, seed)
     from traces.transforms import head
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 
+from traces.files import atomic_path, atomic_write_text  # noqa: F401 (re-exported for callers)
 from traces.readers import FORMATS, read
 from traces.table import TraceTable
 
@@ -42,24 +40,3 @@ def _format_from_suffix(path) -> str:
     if suffix not in formats:
         raise ValueError(f"{path}: cannot tell the output format from {suffix!r}; use .jsonl, .parquet or .csv (Vidur)")
     return formats[suffix]
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path next to `path`; it replaces `path` only if the block succeeds."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)

@@ -23,9 +23,7 @@ Every request of the trace is one row of the request table, whatever became of i
 from __future__ import annotations
 
 import gc
-import json
 import math
-import os
 from contextlib import contextmanager
 from itertools import chain
 from operator import attrgetter
@@ -35,6 +33,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from traces.files import atomic_path, atomic_write_json
 from traces.timeline import RequestTimeline, StepRecord
 
 PERCENTILES = (50, 90, 99)
@@ -250,29 +249,18 @@ def summarize(
 
 
 # -- writing, atomically ------------------------------------------------------------------
-def _tmp_for(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
-
-
 def write_table(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write a DataFrame as .parquet or .csv via a temporary file and os.replace."""
+    """Write a DataFrame as .parquet or .csv, atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_for(path)
-    if path.suffix == ".parquet":
-        df.to_parquet(tmp, index=False)
-    elif path.suffix == ".csv":
-        df.to_csv(tmp, index=False, lineterminator="\n")
-    else:
+    if path.suffix not in (".parquet", ".csv"):
         raise ValueError(f"{path}: table format must be .parquet or .csv")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".parquet":
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_csv(tmp, index=False, lineterminator="\n")
     return path
 
 
 def write_json(data, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_for(path)
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, data)

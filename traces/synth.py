@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import xxhash
 
+from policy.utils import cdiv
+
 FIRST_TOKEN = 4  # keep clear of the usual special ids (pad/bos/eos/unk) at the bottom
 _PRIVATE_DOMAIN = np.uint64(1 << 63)
 _M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9)
@@ -59,7 +61,7 @@ def _offsets(block_len: int, prompt_len: int) -> np.ndarray:
     if cached is None:
         cached = np.arange(prompt_len, dtype=np.uint64) * _M1  # position j -> j * golden ratio (distinct, spread)
         if block_len < prompt_len:
-            cached = np.tile(cached[:block_len], -(-prompt_len // block_len))[:prompt_len]
+            cached = np.tile(cached[:block_len], cdiv(prompt_len, block_len))[:prompt_len]
         if len(_OFFSET_CACHE) < 4096:
             _OFFSET_CACHE[key] = cached
     return cached
@@ -68,7 +70,7 @@ def _offsets(block_len: int, prompt_len: int) -> np.ndarray:
 def tokens_from_hashes(hash_ids, hash_block_size: int, prompt_len: int, vocab_size: int) -> list[int]:
     """`prompt_len` tokens where block k (of `hash_block_size` tokens) is a function of
     `hash_ids[k]` alone. The last block may be partial; missing trailing ids are an error."""
-    needed = -(-prompt_len // hash_block_size)
+    needed = cdiv(prompt_len, hash_block_size)
     if len(hash_ids) < needed:
         raise ValueError(
             f"{len(hash_ids)} hash ids cover at most {len(hash_ids) * hash_block_size} tokens, "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from policy.plan import SchedulerOutput, StepResult
+from policy.plan import SchedulerOutput, StepResult, StepShape, plan_shape  # noqa: F401 (re-exported)
 from policy.request import Request
 
 
@@ -63,32 +63,6 @@ class StepRecord:
     num_sampled: int = 0  # rows that yield a token (LM-head rows)
 
 
-def plan_shape(plan: SchedulerOutput) -> tuple[int, int, int, int, int, int, int]:
-    """The features of a plan that step time depends on, computed once per step and shared
-    by the cost models (sim), the step records (both engines) and the profile fit:
-
-    `(num_prefill_requests, num_prefill_tokens, num_decode_requests, sum_prefill_context_len,
-    sum_decode_context_len, prefill_attn_pairs, num_sampled)`.
-
-    A row is a decode iff it feeds one token to a request whose prompt is fully computed;
-    everything else is prefill work. Context = tokens in KV after the step."""
-    n_pre = pre_tok = n_dec = pre_ctx = dec_ctx = pairs = n_sampled = 0
-    for row in plan.scheduled:
-        q = row.num_new_tokens
-        c = row.num_computed_tokens
-        if q == 1 and c >= row.num_prompt_tokens:
-            n_dec += 1  # a decode always samples: it computes the request's last token
-            dec_ctx += c + 1
-        else:
-            n_pre += 1
-            pre_tok += q
-            pre_ctx += c + q
-            pairs += q * c + (q * (q + 1) >> 1)
-            if row.samples:
-                n_sampled += 1
-    return n_pre, pre_tok, n_dec, pre_ctx, dec_ctx, pairs, n_sampled + n_dec
-
-
 class TimelineRecorder:
     """Turns (plan, step result, clock readings) into timelines and step records."""
 
@@ -111,6 +85,13 @@ class TimelineRecorder:
         timeline.status = "rejected"
         timeline.reject_reason = reason
         timeline.finish_s = arrival_s
+
+    def on_preempted(self, request_ids: list[str], now: float) -> None:
+        """Preemptions of a plan that scheduled nothing (no step record is written for it)."""
+        for request_id in request_ids:
+            timeline = self.timelines.get(request_id)
+            if timeline is not None:
+                timeline.preemption_times.append(now)
 
     def on_aborted(self, request: Request, now: float) -> None:
         timeline = self.timelines[request.request_id]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from traces.table import TraceTable
+from policy.utils import cdiv
 
 
 def scale_rate(table: TraceTable, factor: float) -> TraceTable:
@@ -62,7 +63,7 @@ def clip_to_max_model_len(table: TraceTable, max_model_len: int) -> TraceTable:
     if n_prompt and "block_hashes" in df.columns:
         bs = df["hash_block_size"].to_numpy()
         df["block_hashes"] = [
-            None if h is None else list(h)[: -(-p // b)] for h, p, b in zip(df["block_hashes"], new_prompt, bs)
+            None if h is None else list(h)[: cdiv(p, b)] for h, p, b in zip(df["block_hashes"], new_prompt, bs)
         ]
     if n_prompt and "prompt_token_ids" in df.columns:
         df["prompt_token_ids"] = [None if t is None else list(t)[:p] for t, p in zip(df["prompt_token_ids"], new_prompt)]

@@ -1,5 +1,6 @@
 """Attention backends behind one interface, chosen by name (`get_backend`)."""
 
-from executor.attention.base import AttentionBackend, AttentionMetadata, get_backend, BACKEND_NAMES
+from executor.attention.base import AttentionBackend, AttentionMetadata
+from executor.attention.registry import BACKEND_NAMES, get_backend, register_backend
 
-__all__ = ["AttentionBackend", "AttentionMetadata", "get_backend", "BACKEND_NAMES"]
+__all__ = ["AttentionBackend", "AttentionMetadata", "BACKEND_NAMES", "get_backend", "register_backend"]

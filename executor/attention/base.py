@@ -14,9 +14,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-BACKEND_NAMES = ("torch", "triton", "flash-attn")
-
-
 @dataclass
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # [num_tokens] int64: flat cache slot of each token (-1 = padding row)
@@ -65,6 +62,11 @@ class AttentionBackend(ABC):
     #: True when forward() never syncs with the host and keeps static shapes (CUDA graphs).
     graph_capturable: bool = False
 
+    @classmethod
+    def create(cls, device: torch.device) -> "AttentionBackend":
+        """Build the backend for `device` (backends that hold device state take it)."""
+        return cls()
+
     @abstractmethod
     def forward(
         self,
@@ -76,31 +78,3 @@ class AttentionBackend(ABC):
         meta: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor: ...
-
-
-def get_backend(name: str, device: torch.device | str) -> AttentionBackend:
-    device = torch.device(device)
-    if name == "torch":
-        from executor.attention.torch_backend import TorchAttentionBackend
-
-        return TorchAttentionBackend()
-    if name == "triton":
-        if device.type != "cuda" and not _triton_interpreted():
-            raise ValueError(
-                "attention backend 'triton' needs a CUDA device (or TRITON_INTERPRET=1 for slow CPU checks); "
-                f"got device {device}"
-            )
-        from executor.attention.triton_backend import TritonAttentionBackend
-
-        return TritonAttentionBackend(device)
-    if name == "flash-attn":
-        from executor.attention.flash_backend import FlashAttnBackend
-
-        return FlashAttnBackend(device)
-    raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
-
-
-def _triton_interpreted() -> bool:
-    import os
-
-    return os.environ.get("TRITON_INTERPRET") == "1"

@@ -14,6 +14,10 @@ from executor.attention.base import AttentionBackend, AttentionMetadata
 class FlashAttnBackend(AttentionBackend):
     name = "flash-attn"
 
+    @classmethod
+    def create(cls, device: torch.device) -> "AttentionBackend":
+        return cls(device)
+
     def __init__(self, device: torch.device) -> None:
         try:
             from flash_attn import flash_attn_varlen_func

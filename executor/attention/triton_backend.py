@@ -22,6 +22,10 @@ class TritonAttentionBackend(AttentionBackend):
     name = "triton"
     graph_capturable = True
 
+    @classmethod
+    def create(cls, device: torch.device) -> "AttentionBackend":
+        return cls(device)
+
     def __init__(self, device: torch.device, *, use_varlen_prefill: bool = True) -> None:
         from executor.kernels.triton_attention import paged_attention, store_kv
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from executor.checkpoint_checks import verify_model_dir
+from executor.loader import verify_model_dir
 
 from .checkpoint import GPTQCheckpointError, check_layer_tensors, quantized_layer_names, read_gptq_config, read_tensors
 from .linear import GPTQLinear

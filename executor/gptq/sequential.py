@@ -210,7 +210,7 @@ def quantize_model_dir(model_dir: str | Path, out_dir: str | Path, cfg: GPTQConf
     """Quantize the HF model in `model_dir` and write a GPTQ checkpoint to `out_dir` (atomically)."""
     from transformers import AutoModelForCausalLM
 
-    from executor.checkpoint_checks import verify_model_dir
+    from executor.loader import verify_model_dir
     from executor.tokenizer import load_tokenizer
 
     from .calibration import calibration_windows

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -185,11 +184,10 @@ class ProfiledCostModel(CostModel):
         }
 
     def save(self, path: str | Path) -> Path:
+        from traces.files import atomic_write_json
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        atomic_write_json(path, self.to_dict(), indent=1)
         return path
 
     @classmethod

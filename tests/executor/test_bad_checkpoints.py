@@ -18,7 +18,8 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from executor.checkpoint_checks import CheckpointError, verify_model_dir
+from executor.checkpoint_checks import CheckpointError
+from executor.loader import verify_model_dir
 from executor.cli import generate
 from executor.gptq.checkpoint import write_model_dir
 from executor.gptq.cli import eval_group

@@ -82,7 +82,7 @@ def test_abort_frees_the_request(engine):
     engine.abort(req.request_id)
     engine.step()
     assert not engine.has_unfinished_requests()
-    assert req.request_id not in engine.runner.block_tables
+    assert req.request_id not in engine.runner.states
 
 
 def test_replay_in_real_time_records_timelines(engine):

@@ -122,10 +122,14 @@ def test_requests_out_of_arrival_order_are_an_error():
         simulate(reqs, SchedulerConfig(num_blocks=16), ConstantCostModel(STEP))
 
 
-def test_duplicate_request_id_is_an_error():
+def test_a_duplicate_request_id_is_rejected_and_counted_without_touching_the_first():
     reqs = [make_request("a", 4, 2, 0.0), make_request("a", 4, 2, 0.5, base=10)]
-    with pytest.raises(ValueError, match="duplicate"):
-        simulate(reqs, SchedulerConfig(num_blocks=16), ConstantCostModel(STEP))
+    res = simulate(reqs, SchedulerConfig(num_blocks=16), ConstantCostModel(STEP))
+    tl = res.recorder.timelines
+    assert tl["a"].status == "finished" and tl["a"].output_len == 2
+    assert tl["a#dup1"].status == "rejected" and "duplicate" in tl["a#dup1"].reject_reason
+    s = res.summary
+    assert (s["num_requests"], s["num_finished"], s["num_rejected"]) == (2, 1, 1)
 
 
 def test_eos_requests_still_get_their_trace_length():

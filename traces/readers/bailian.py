@@ -9,6 +9,7 @@ import pandas as pd
 from traces.errors import TraceFormatError
 from traces.readers._checks import field, iter_json_lines
 from traces.table import TraceTable
+from policy.utils import cdiv
 
 HASH_BLOCK_SIZE = 16
 
@@ -35,7 +36,7 @@ def read(path) -> TraceTable:
             raise TraceFormatError(path, lineno, f"duplicate chat_id {chat!r}")
         root_of[chat] = chat if parent in ("-1", "None") else root_of.get(parent, parent)
         hashes = obj.get("hash_ids") or None
-        if hashes and len(hashes) < -(-int(n_in) // HASH_BLOCK_SIZE):
+        if hashes and len(hashes) < cdiv(int(n_in), HASH_BLOCK_SIZE):
             raise TraceFormatError(path, lineno, f"{len(hashes)} hash_ids cannot cover input_length={n_in}")
         rows.append((chat, float(t), int(n_in), int(n_out), root_of[chat], int(obj.get("turn", 0)), hashes))
     if not rows:

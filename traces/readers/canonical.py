@@ -71,7 +71,7 @@ def _parquet_notes(path) -> list[str]:
 def write_jsonl(table: TraceTable, path) -> None:
     """One JSON object per request, after the table's notes as `# note: ...` lines (so a
     converted trace still says how it was made, e.g. which Mooncake arrival mode ran)."""
-    from traces.io import atomic_write_text
+    from traces.files import atomic_write_text
 
     df = table.df
     records = df.to_dict(orient="records")
@@ -91,7 +91,7 @@ def write_jsonl(table: TraceTable, path) -> None:
 
 
 def write_parquet(table: TraceTable, path) -> None:
-    from traces.io import atomic_path
+    from traces.files import atomic_path
 
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -14,6 +14,7 @@ import pandas as pd
 from traces.errors import TraceFormatError
 from traces.readers._checks import field, iter_json_lines
 from traces.table import TraceTable
+from policy.utils import cdiv
 
 HASH_BLOCK_SIZE = 512
 BUCKET_S = 3.0
@@ -35,7 +36,7 @@ def read(path, arrival_mode: str = "batch", seed: int = 0, hash_block_size: int 
                 raise TraceFormatError(path, lineno, f"{name}={value!r} must be a non-negative number")
         if n_in < 1 or n_out < 1 or int(n_in) != n_in or int(n_out) != n_out:
             raise TraceFormatError(path, lineno, f"input_length={n_in!r}, output_length={n_out!r} must be integers >= 1")
-        if h and len(h) < -(-n_in // hash_block_size):
+        if h and len(h) < cdiv(n_in, hash_block_size):
             raise TraceFormatError(
                 path, lineno, f"{len(h)} hash_ids cannot cover input_length={n_in} with {hash_block_size}-token blocks"
             )

@@ -15,6 +15,7 @@ import pandas as pd
 
 from traces.errors import TraceFormatError
 from traces.table import TraceTable
+from policy.utils import cdiv
 
 CHARS_PER_TOKEN = 4
 
@@ -55,7 +56,7 @@ def read(path, tokenizer: str | None = None, max_requests: int | None = None) ->
 
 def _counter(tokenizer: str | None):
     if tokenizer is None:
-        return (lambda text: -(-len(text) // CHARS_PER_TOKEN)), f"APPROXIMATED as ceil(chars/{CHARS_PER_TOKEN}) (no tokenizer given)"
+        return (lambda text: cdiv(len(text), CHARS_PER_TOKEN)), f"APPROXIMATED as ceil(chars/{CHARS_PER_TOKEN}) (no tokenizer given)"
     from pathlib import Path
 
     from tokenizers import Tokenizer  # the fast-tokenizer core, without torch

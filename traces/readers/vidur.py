@@ -21,7 +21,7 @@ def read(path) -> TraceTable:
 
 
 def write(table: TraceTable, path) -> None:
-    from traces.io import atomic_write_text
+    from traces.files import atomic_write_text
 
     df = table.df
     out = pd.DataFrame(

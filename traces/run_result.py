@@ -1,5 +1,6 @@
-"""What a simulation returns: the timelines, and the tables and summary computed from them
-by `traces.metrics` (the same code the executor's results go through)."""
+"""What a run returns, from either engine: the timelines the step driver recorded, its counts,
+and the tables and summary `traces.metrics` computes from them. One type for the simulator and
+the executor, so everything downstream (reports, comparison) reads both the same way."""
 
 from __future__ import annotations
 
@@ -11,18 +12,44 @@ import numpy as np
 import pandas as pd
 
 from policy import SchedulerConfig
+from policy.driver import RunStats
 from traces import metrics
 from traces.timeline import TimelineRecorder
 
 
 @dataclass
-class SimResult:
+class RunResult:
     recorder: TimelineRecorder
     scheduler_config: SchedulerConfig
-    cost_model: dict
-    scheduler_stats: dict = field(default_factory=dict)
+    stats: RunStats
+    engine: str  # "sim" or "executor"
+    cost_model: dict | None = None  # the simulator's cost model, described
     wall_s: float = 0.0  # host time the loop took; printed, never written (outputs stay reproducible)
     slo: dict = field(default_factory=dict)  # e.g. {"slo_ttft_s": 1.0, "slo_tpot_s": 0.05}
+
+    @property
+    def scheduler_stats(self) -> dict:
+        """The scheduler's own counters over the run (what the summary adds to the timelines)."""
+        s = self.stats
+        return {"prefix_queries_tokens": s.prefix_queries_tokens, "prefix_hit_tokens": s.prefix_hit_tokens,
+                "num_preemptions": s.num_preemptions}
+
+    # Counts, as attributes (the request table has the same numbers per request).
+    @property
+    def num_requests(self) -> int:
+        return self.stats.num_requests
+
+    @property
+    def num_rejected(self) -> int:
+        return self.stats.num_rejected
+
+    @property
+    def num_finished(self) -> int:
+        return self.stats.num_finished
+
+    @property
+    def num_preemptions(self) -> int:
+        return self.stats.num_preemptions
 
     @cached_property
     def requests_df(self) -> pd.DataFrame:
@@ -48,7 +75,7 @@ class SimResult:
         out["sim_time_s"] = self.recorder.steps[-1].start_s + self.recorder.steps[-1].duration_s if self.recorder.steps else 0.0
         return out
 
-    def with_slo(self, **slo: float | None) -> "SimResult":
+    def with_slo(self, **slo: float | None) -> "RunResult":
         """Set goodput SLOs (slo_ttft_s, slo_tpot_s, slo_e2el_s); drops a cached summary."""
         unknown = set(slo) - {"slo_ttft_s", "slo_tpot_s", "slo_e2el_s"}
         if unknown:
@@ -72,8 +99,8 @@ class SimResult:
                 metrics.write_table(metrics.token_times_table(self.recorder.timelines), out / f"tokens.{fmt}")
         metrics.write_json(self.summary, out / "summary.json")
         metrics.write_json(
-            {"engine": "sim", "scheduler_config": self.scheduler_config.to_dict(), "cost_model": self.cost_model,
-             "slo": self.slo},
+            {"engine": self.engine, "scheduler_config": self.scheduler_config.to_dict(),
+             "cost_model": self.cost_model, "slo": self.slo},
             out / "run.json",
         )
         return out
