@@ -105,19 +105,14 @@ def cost_model_desc(spec: ExperimentSpec, variant: Variant, profile_path: str | 
 
 
 def build_cost_model(desc: dict):
+    from sim.cost.registry import build_cost_model as build
+
     if desc["kind"] == "roofline":
-        from sim.cost.roofline import RooflineCostModel
-        from sim.hardware import get_hardware
-
-        return RooflineCostModel(model_ref.model_shape(desc["model"]), get_hardware(desc["hardware"]), desc["dtype"],
-                                 desc["weight_bits"])
+        return build("roofline", model=model_ref.model_shape(desc["model"]), hardware=desc["hardware"],
+                     dtype=desc["dtype"], weight_bits=desc["weight_bits"])
     if desc["kind"] == "constant":
-        from sim.cost.base import ConstantCostModel
-
-        return ConstantCostModel(desc["step_s"], desc["per_token_s"])
-    from sim.cost.profiled import ProfiledCostModel
-
-    return ProfiledCostModel.load(desc["path"])
+        return build(f"constant:{desc['step_s']}:{desc['per_token_s']}")
+    return build(desc["path"])
 
 
 def _check_executor(spec: ExperimentSpec) -> None:
