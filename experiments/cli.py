@@ -20,6 +20,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("experiments.runner_cli:calibrate", "Profile the executor and fit the simulator's cost model."),
     "report": ("experiments.runner_cli:report", "Write the HTML + Markdown report of a results folder."),
     "demo": ("experiments.runner_cli:demo", "The main job: calibrate, simulate, execute and report a small sweep."),
+    "cost": ("sim.cost_cli:cost", "Check a cost model against measured operator profiles (cost validate)."),
+    "profile": ("experiments.profile_ops:profile", "Time the executor's layer operators over a token grid (ops.csv)."),
 }
 
 
