@@ -54,6 +54,20 @@ TRANSFORM_OPS = {
     "clip_to_max_model_len": {"max_model_len": int},
 }
 COST_MODELS = ("roofline", "calibrated", "constant")
+# Further names sim.cost.registry builds for a spec (profile:DIR names a profile folder).
+GPU_COST_MODELS = ("roofline-ideal", "roofline-fitted")
+
+
+def _gpu_cost_model(cost_model: str, base_dir) -> str:
+    """A registry cost model; for profile:DIR, the folder resolved against the spec's folder."""
+    if not cost_model.startswith("profile:"):
+        return cost_model
+    folder = Path(cost_model.partition(":")[2])
+    if base_dir is not None and not folder.is_absolute() and not folder.exists():
+        folder = base_dir / folder
+    if not (folder / "ops.csv").is_file() and not (folder / "mlp.csv").is_file() and not folder.is_file():
+        raise SpecError(f"cost_model: {cost_model!r}: no ops.csv or mlp.csv in {folder}")
+    return f"profile:{folder}"
 
 # Knobs a variant may set: every SchedulerConfig field plus the engine-level ones.
 SCHEDULER_KNOBS = {
@@ -261,7 +275,9 @@ def _parse(data, source: str, base_dir: Path | None) -> ExperimentSpec:
     if dtype not in DTYPES:
         raise SpecError(f"dtype: {dtype!r} is not allowed; allowed: {list(DTYPES)}")
     cost_model = data.get("cost_model", "roofline")
-    if cost_model not in COST_MODELS:
+    if cost_model in GPU_COST_MODELS or cost_model.startswith("profile:"):
+        cost_model = _gpu_cost_model(cost_model, base_dir)
+    elif cost_model not in COST_MODELS:
         profile = Path(cost_model)
         if base_dir is not None and not profile.is_absolute() and not profile.exists():
             profile = base_dir / profile
@@ -271,7 +287,8 @@ def _parse(data, source: str, base_dir: Path | None) -> ExperimentSpec:
             raise SpecError(f"cost_model: profile file {cost_model!r} does not exist")
         cost_model = str(profile)
     hardware = data.get("hardware")
-    if "sim" in engines and cost_model == "roofline" and hardware is None:
+    if "sim" in engines and (cost_model == "roofline" or cost_model in GPU_COST_MODELS
+                             or cost_model.startswith("profile:")) and hardware is None:
         raise SpecError("hardware: required when the sim engine uses the roofline cost model "
                         "(a preset such as h100-sxm, or a hardware .json)")
     if hardware is not None and hardware.endswith(".json"):
