@@ -8,7 +8,10 @@ CPU (SmolLM2 fp32) the profile feeds `folovllm cost validate` and the profile-dr
 GPU (bf16) it is the measurement the fitted laws can be checked or refitted against
 (`python -m sim.cost.fit_laws DIR`).
 
-Attention is not profiled here yet (it needs a KV cache and block tables per batch x context).
+Attention is timed through the executor's attention backend on a paged KV cache, for decode
+batches over a grid of batch size x context, and for one prefill chunk over query length x cached
+context; it is written to `attention.csv` beside `ops.csv`, where the profile-driven cost model
+finds it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from pathlib import Path
 import click
 
 DEFAULT_CPU_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+DEFAULT_CPU_DECODE = ((1, 4, 16, 64), (128, 512, 2048))  # batch sizes x context lengths
+DEFAULT_CPU_PREFILL = ((16, 64, 256, 512), (0, 512, 2048))  # query lengths x cached context
+DEFAULT_GPU_DECODE = ((1, 8, 32, 128, 256), (128, 512, 2048, 4096))
+DEFAULT_GPU_PREFILL = ((16, 64, 256, 512, 1024, 2048), (0, 512, 2048, 4096))
 DEFAULT_GPU_TOKENS = (1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256, 320, 384, 448, 512, 768, 1024, 1536, 2048, 3072, 4096)
 
 
@@ -123,6 +130,65 @@ def time_ops(model, tokens_grid, device, dtype, repeats: int = 10, warmup: int =
     return out
 
 
+def _median_time(fn, sync, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def time_attention(model, backend_name: str, device, dtype, decode_grid, prefill_grid, repeats: int = 5,
+                   block_size: int = 16):
+    """(decode [(batch, context, s)], prefill [(query, context, s)]): one layer's attention call
+    (KV write + attention) through the executor's backend on a paged cache."""
+    import torch
+
+    from executor.attention import get_backend
+    from executor.model_runner import build_step_inputs
+
+    sync = _timer(device)
+    attn = model.model.layers[0].self_attn
+    backend = get_backend(backend_name, device)
+    heads, kv_heads, d = attn.num_heads, attn.num_kv_heads, attn.head_dim
+    batches, contexts = decode_grid
+    queries, prefixes = prefill_grid
+    need = max(max(batches) * (max(contexts) + 1), max(queries) + max(prefixes))
+    num_blocks = -(-need // block_size) + max(batches) + 1
+    k_cache = torch.zeros(num_blocks, block_size, kv_heads, d, device=device, dtype=dtype)
+    v_cache = torch.zeros_like(k_cache)
+    gen = torch.Generator(device="cpu").manual_seed(2)
+
+    def run(rows):
+        inputs = build_step_inputs(rows, [True] * len(rows), block_size, torch.device(device))
+        n = inputs.meta.num_tokens
+        q = torch.randn(n, heads, d, generator=gen).to(device=device, dtype=dtype)
+        k = torch.randn(n, kv_heads, d, generator=gen).to(device=device, dtype=dtype)
+        v = torch.randn(n, kv_heads, d, generator=gen).to(device=device, dtype=dtype)
+        with torch.no_grad():
+            return _median_time(lambda: backend.forward(q, k, v, k_cache, v_cache, inputs.meta, attn.scale), sync,
+                                repeats, 2)
+
+    def tables(count: int, length: int):
+        per = -(-length // block_size)
+        return [list(range(i * per, (i + 1) * per)) for i in range(count)]
+
+    decode = []
+    for b in batches:
+        for c in contexts:
+            decode.append((b, c, run([([0], c, t) for t in tables(b, c + 1)])))
+    prefill = []
+    for qlen in queries:
+        for c in prefixes:
+            prefill.append((qlen, c, run([([0] * qlen, c, tables(1, c + qlen)[0])])))
+    return decode, prefill
+
+
 @click.command()
 @click.option("--model", default="smollm2-135m", show_default=True,
               help="smollm2-135m, an HF model directory, or a random shape (qwen3-0.6b, qwen2.5-0.5b, qwen2.5-7b).")
@@ -131,13 +197,16 @@ def time_ops(model, tokens_grid, device, dtype, repeats: int = 10, warmup: int =
               help="Default: fp32 on the CPU, bf16 on a GPU.")
 @click.option("--tokens", default=None, help="Comma-separated token counts (default: a grid for the device).")
 @click.option("--repeats", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--attention-backend", default=None, help="torch, triton or flash-attn (default: torch on the CPU, triton on a GPU).")
+@click.option("--no-attention", is_flag=True, help="Time the layer operators only.")
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="CPU threads for torch (default: torch's).")
 @click.option("--device-name", default=None, help="The profile's device column (default: cpu, or the GPU's name).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write ops.csv into.")
-def profile(model, device, dtype, tokens, repeats, threads, device_name, out_dir):
+def profile(model, device, dtype, tokens, repeats, attention_backend, no_attention, threads, device_name, out_dir):
     """Time one decoder layer's operators at each token count and write OUT/ops.csv."""
     import torch
 
+    from sim.cost.attention_profile import write_own_attention
     from sim.cost.op_profile import write_own
 
     on_gpu = device.startswith("cuda")
@@ -164,3 +233,16 @@ def profile(model, device, dtype, tokens, repeats, threads, device_name, out_dir
         layer = sum(v for k, v in times.items() if k != "embed")
         click.echo(f"{t:6d} tokens: one layer {layer * 1e3:8.3f} ms")
     click.echo(f"wrote {path} ({model}, {dtype} on {name})")
+    if no_attention:
+        return
+    backend = attention_backend or ("triton" if on_gpu else "torch")
+    decode, prefill = time_attention(net, backend, device, torch_dtype,
+                                     DEFAULT_GPU_DECODE if on_gpu else DEFAULT_CPU_DECODE,
+                                     DEFAULT_GPU_PREFILL if on_gpu else DEFAULT_CPU_PREFILL, repeats=max(3, repeats // 2))
+    apath = write_own_attention(Path(out_dir) / "attention.csv", device=name, dtype=dtype, model=full, tp=1,
+                                decode=decode, prefill=prefill)
+    for b, c, t in decode:
+        click.echo(f"decode  batch {b:4d} x context {c:5d}: {t * 1e3:8.3f} ms")
+    for q, c, t in prefill:
+        click.echo(f"prefill query {q:4d} after {c:5d}: {t * 1e3:8.3f} ms")
+    click.echo(f"wrote {apath} ({backend} backend)")

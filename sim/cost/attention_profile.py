@@ -16,6 +16,8 @@ Vidur's attention.csv is read by `sim.cost.vidur_profile.read_vidur_attention`.
 
 from __future__ import annotations
 
+import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,3 +149,21 @@ def load_attention_profile(folder: str | Path, tp: int = 1) -> AttentionProfile 
 
         return read_vidur_attention(path, tp=tp)
     return read_own_attention(path, tp=tp)
+
+
+def write_own_attention(path: str | Path, *, device: str, dtype: str, model, tp: int,
+                        decode: list[tuple[int, int, float]], prefill: list[tuple[int, int, float]]) -> Path:
+    """Write attention.csv atomically. decode: (batch, context, seconds); prefill: (query, context, seconds)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fixed = [device, dtype, model.num_heads, model.num_kv_heads, model.head_dim, tp]
+    with tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(OWN_COLUMNS)
+        for batch, ctx, seconds in decode:
+            writer.writerow([*fixed, "decode", batch, 1, ctx, f"{seconds * 1e3:.6g}"])
+        for query, ctx, seconds in prefill:
+            writer.writerow([*fixed, "prefill", 1, query, ctx, f"{seconds * 1e3:.6g}"])
+    os.replace(tmp, path)
+    return path

@@ -148,3 +148,30 @@ def test_cost_validate_cli_ends_with_the_summary_line(tmp_path):
     assert "median |error| 0.0%" in last  # the shipped laws generated this profile
     bad = CliRunner().invoke(cost, ["validate", str(tmp_path / "llama-2-7b"), "--hardware", "h100", "--tp", "2"])
     assert bad.exit_code != 0 and "no rows for tensor-parallel degree 2" in bad.output
+
+
+def test_attention_profile_prices_attention_and_rejects_bad_rows(tmp_path):
+    from sim.cost.attention_profile import Grid2D, load_attention_profile, write_own_attention
+    from sim.cost.op_profile import ProfileError
+    from sim.cost.per_op import ProfileDrivenCostModel
+
+    grid = Grid2D([(1, 100, 1.0), (1, 300, 3.0), (3, 100, 3.0), (3, 300, 9.0)])
+    assert grid(2, 200) == pytest.approx(4.0) and grid(6, 300) == pytest.approx(18.0) and grid(1, 600) == pytest.approx(6.0)
+
+    _synthetic_profile(tmp_path, laws_for("h100-sxm"), "llama-2-7b")
+    folder = tmp_path / "llama-2-7b"
+    model = get_model_shape("llama-2-7b")
+    write_own_attention(folder / "attention.csv", device="h100", dtype="bf16", model=model, tp=1,
+                        decode=[(b, c, 1e-6 * b * c / 100) for b in (1, 8) for c in (100, 1000)],
+                        prefill=[(q, c, 1e-6 * q * (c + q) / 100) for q in (10, 100) for c in (0, 1000)])
+    costs = build_cost_model(f"profile:{folder}", model="llama-2-7b", hardware="h100")
+    assert isinstance(costs, ProfileDrivenCostModel) and costs.attention is not None
+    decode8 = (0, 0, 8, 0, 8 * 1000, 0, 8)
+    no_attn = ProfileDrivenCostModel(costs.profile, model, costs.hardware, costs.fallback)
+    extra = costs.time_for_shape(decode8) - (no_attn.time_for_shape(decode8) - no_attn.fallback.attention_seconds(decode8))
+    assert extra == pytest.approx(32 * 1e-6 * 8 * 1000 / 100)  # 32 layers x the measured decode
+
+    text = (folder / "attention.csv").read_text().replace(",decode,", ",decoding,", 1)
+    (folder / "attention.csv").write_text(text)
+    with pytest.raises(ProfileError, match=r"attention\.csv row 2 column 'kind': 'decoding'"):
+        load_attention_profile(folder)
