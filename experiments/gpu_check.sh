@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Executor device check: about 9 minutes on one H100, from the repository root.
+# Executor device check: about 9-10 minutes on one H100, from the repository root.
 #
 #   OUT=/path/to/results PYTHONPATH=. bash experiments/gpu_check.sh
 #
@@ -9,8 +9,8 @@
 # Prints: correctness of the triton backend (+ CUDA graphs) against the torch backend, the
 # nano-vllm offline benchmark (256 requests, in/out U[100,1024], ignore_eos) for Qwen2.5-0.5B
 # and Qwen3-0.6B shapes, the transformers generate() baseline, and the decode roofline bound;
-# then `folovllm profile` (bf16 operator timings of one layer, Qwen3-0.6B / Qwen2.5-0.5B / a 7B
-# shape), the cost models against them (`folovllm cost validate`) and a simulation priced from one.
+# then `folovllm profile` (bf16 operator and attention timings of one layer, Qwen3-0.6B and
+# the Qwen2.5-7B shape), the cost models against them (`folovllm cost validate`) and a simulation priced from one.
 # GPU_HW names the hardware preset of the card (default h200) for the cost models.
 set -u
 OUT="${OUT:-$(mktemp -d -t gpu_check.XXXXXX)}"
@@ -53,13 +53,12 @@ stage throughput-qwen3-0.6b 130 $DC throughput --model-dir "$Q3" --device "$DEVI
 # Operator profiles (bf16) of the executor's own layers -> ops.csv; then the cost models against
 # them (`cost validate`), per-SKU laws fitted to them, and a simulation priced from one of them.
 PROF="$OUT/profiles"
-stage profile-qwen3-0.6b 60 $PY -m experiments.cli profile --model qwen3-0.6b --device "$DEVICE" --out "$PROF/qwen3-0.6b"
-stage profile-qwen2.5-0.5b 60 $PY -m experiments.cli profile --model qwen2.5-0.5b --device "$DEVICE" --out "$PROF/qwen2.5-0.5b"
-stage profile-qwen2.5-7b 60 $PY -m experiments.cli profile --model qwen2.5-7b --device "$DEVICE" --out "$PROF/qwen2.5-7b"
+stage profile-qwen3-0.6b 90 $PY -m experiments.cli profile --model qwen3-0.6b --device "$DEVICE" --repeats 5 --out "$PROF/qwen3-0.6b"
+stage profile-qwen2.5-7b 90 $PY -m experiments.cli profile --model qwen2.5-7b --device "$DEVICE" --repeats 5 --out "$PROF/qwen2.5-7b"
 GPU_HW="${GPU_HW:-h200}"
 stage validate-ideal-qwen2.5-7b 30 $PY -m experiments.cli cost validate "$PROF/qwen2.5-7b" --hardware "$GPU_HW" --cost-model roofline-ideal
 stage validate-points-qwen2.5-7b 30 $PY -m experiments.cli cost validate "$PROF/qwen2.5-7b" --hardware "$GPU_HW" --cost-model profile --leave-one-out
-stage fit-laws 60 $PY -m sim.cost.fit_laws "$PROF"
+stage fit-laws 30 $PY -m sim.cost.fit_laws "$PROF"
 stage sim-profile-qwen3-0.6b 60 $PY -m experiments.cli sim --preset poisson --limit 200 --model qwen3-0.6b --hardware "$GPU_HW" --cost-model "profile:$PROF/qwen3-0.6b"
 stage hf-qwen2.5-0.5b 100 $DC hf --model-dir "$Q25" --device "$DEVICE" --num-requests 64 --hf-batch-size 64 --out "$OUT" --tag qwen2.5-0.5b
 

@@ -38,11 +38,11 @@ def _one_layer_model(name: str, device, dtype):
     from executor.config import ModelConfig
     from executor.loader import build_model
     from executor.models_registry import SHAPES, resolve_model
-    from sim.models import get_model_shape, shape_from_hf_config
+    from sim.models import shape_from_hf_config
 
     if name in SHAPES:
         config = ModelConfig.from_dict({**SHAPES[name], "num_hidden_layers": 1}, source=f"shape {name}")
-        full = get_model_shape(name)
+        full = _shape_of_config(name, SHAPES[name])
     else:
         model_dir = resolve_model(name)
         import json
@@ -58,6 +58,35 @@ def _one_layer_model(name: str, device, dtype):
             p.copy_(fill.to(dtype))
     model.eval().requires_grad_(False)
     return model, full
+
+
+def _shape_of_config(name: str, cfg: dict):
+    """The sim shape of an executor shape (a sim preset when there is one, else read from its config)."""
+    import json
+    import tempfile
+
+    from sim.models import get_model_shape, shape_from_hf_config
+
+    try:
+        return get_model_shape(name)
+    except ValueError:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name / "config.json"
+            path.parent.mkdir()
+            path.write_text(json.dumps(cfg))
+            return shape_from_hf_config(path)
+
+
+def _grid(text: str | None, default, option: str):
+    """"A,B/C,D" -> ((A, B), (C, D))."""
+    if not text:
+        return default
+    try:
+        first, second = text.split("/")
+        grid = (tuple(int(v) for v in first.split(",")), tuple(int(v) for v in second.split(",")))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected A,B,.../C,D,... (whole numbers)", param_hint=option) from None
+    return grid
 
 
 def _timer(device):
@@ -198,11 +227,13 @@ def time_attention(model, backend_name: str, device, dtype, decode_grid, prefill
 @click.option("--tokens", default=None, help="Comma-separated token counts (default: a grid for the device).")
 @click.option("--repeats", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--attention-backend", default=None, help="torch, triton or flash-attn (default: torch on the CPU, triton on a GPU).")
+@click.option("--decode-grid", default=None, help="Attention decode grid BATCHES/CONTEXTS, e.g. 1,8,64/128,2048.")
+@click.option("--prefill-grid", default=None, help="Attention prefill grid QUERY_LENS/CONTEXTS, e.g. 64,512/0,2048.")
 @click.option("--no-attention", is_flag=True, help="Time the layer operators only.")
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="CPU threads for torch (default: torch's).")
 @click.option("--device-name", default=None, help="The profile's device column (default: cpu, or the GPU's name).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write ops.csv into.")
-def profile(model, device, dtype, tokens, repeats, attention_backend, no_attention, threads, device_name, out_dir):
+def profile(model, device, dtype, tokens, repeats, attention_backend, decode_grid, prefill_grid, no_attention, threads, device_name, out_dir):
     """Time one decoder layer's operators at each token count and write OUT/ops.csv."""
     import torch
 
@@ -236,9 +267,11 @@ def profile(model, device, dtype, tokens, repeats, attention_backend, no_attenti
     if no_attention:
         return
     backend = attention_backend or ("triton" if on_gpu else "torch")
-    decode, prefill = time_attention(net, backend, device, torch_dtype,
-                                     DEFAULT_GPU_DECODE if on_gpu else DEFAULT_CPU_DECODE,
-                                     DEFAULT_GPU_PREFILL if on_gpu else DEFAULT_CPU_PREFILL, repeats=max(3, repeats // 2))
+    decode, prefill = time_attention(
+        net, backend, device, torch_dtype,
+        _grid(decode_grid, DEFAULT_GPU_DECODE if on_gpu else DEFAULT_CPU_DECODE, "--decode-grid"),
+        _grid(prefill_grid, DEFAULT_GPU_PREFILL if on_gpu else DEFAULT_CPU_PREFILL, "--prefill-grid"),
+        repeats=max(3, repeats // 2))
     apath = write_own_attention(Path(out_dir) / "attention.csv", device=name, dtype=dtype, model=full, tp=1,
                                 decode=decode, prefill=prefill)
     for b, c, t in decode:
