@@ -107,16 +107,16 @@ def read_vidur_attention(path: str | Path, tp: int = 1):
         ms = number(path, i, col, row.get(col))
         extra = sum(number(path, i, c, row.get(c)) for c in ("time_stats.attn_kv_cache_save.median",)
                     if c in header and row.get(c) not in (None, ""))
-        tp = integer(path, i, TP_COLUMN, row.get(TP_COLUMN))
+        row_tp = integer(path, i, TP_COLUMN, row.get(TP_COLUMN))
         heads = integer(path, i, "n_q_head", row.get("n_q_head"))
         kv = integer(path, i, "kv_cache_size", row.get("kv_cache_size"))
         seconds = (ms + extra) * 1e-3
         if seconds <= 0:
             raise ProfileError(f"{path} row {i} column {col!r}: a time must be > 0, got {row.get(col)!r}")
         if is_prefill:
-            prefill.append((i, tp, heads, integer(path, i, "prefill_chunk_size", row.get("prefill_chunk_size")), kv, seconds))
+            prefill.append((i, row_tp, heads, integer(path, i, "prefill_chunk_size", row.get("prefill_chunk_size")), kv, seconds))
         else:
-            decode.append((i, tp, heads, integer(path, i, "batch_size", row.get("batch_size")), kv, seconds))
+            decode.append((i, row_tp, heads, integer(path, i, "batch_size", row.get("batch_size")), kv, seconds))
     first = rows[0]
     return AttentionProfile.from_points(
         path, num_heads=integer(path, 2, "n_q_head", first["n_q_head"]),

@@ -133,3 +133,30 @@ def test_non_positive_time_and_empty_files(tmp_path):
         load_op_profile(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="no ops.csv"):
         load_op_profile(tmp_path)
+
+
+def test_vidur_attention_csv_is_read_beside_mlp(tmp_path):
+    """Vidur's attention.csv (the columns of its profiler / the stand-in script) is found next to mlp.csv."""
+    from sim.cost.attention_profile import load_attention_profile
+
+    mlp = vidur_profile(tmp_path, [{"num_tokens": "1"}, {"num_tokens": "8"}])
+    header = ["n_embd", "n_q_head", "n_kv_head", "block_size", "num_tensor_parallel_workers", "max_model_len",
+              "batch_size", "prefill_chunk_size", "kv_cache_size", "is_prefill",
+              "time_stats.attn_decode.median", "time_stats.attn_prefill.median"]
+    rows = [[4096, 32, 32, 16, 1, 4096, b, 0, kv, False, 0.01 * b * kv / 512, ""] for b in (1, 8) for kv in (512, 1024)]
+    rows += [[4096, 32, 32, 16, 1, 4096, 1, c, kv, True, "", 0.001 * c + 0.0001 * kv] for c in (64, 512) for kv in (0, 1024)]
+    with (mlp.parent / "attention.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    attn = load_attention_profile(mlp.parent)
+    attn.check_model(LLAMA2, 1)
+    assert attn.seconds(0, 0, 0, 8, 8 * 1024) == pytest.approx(0.16e-3)
+    assert attn.seconds(2, 2 * 512, 2 * 1024, 0, 0) == pytest.approx(2 * (0.512 + 0.1024) * 1e-3)
+    with pytest.raises(ProfileError, match="no rows for tensor-parallel degree 2"):
+        load_attention_profile(mlp.parent, tp=2)
+    lines = (mlp.parent / "attention.csv").read_text().splitlines()
+    lines[3] = lines[3].replace("False", "maybe")
+    (mlp.parent / "attention.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ProfileError, match=r"attention\.csv row 4 column 'is_prefill': 'maybe' is not a boolean"):
+        load_attention_profile(mlp.parent)
