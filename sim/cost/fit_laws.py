@@ -17,7 +17,6 @@ which is plenty for so few dimensions.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 import sim.cost.base as base
 from sim.cost.fit_laws import fit_sku
 from sim.cost.fitted import FittedRooflineCostModel
-from sim.cost.layer_ops import LAYER_OPS, elementwise_bytes_per_token, gemm_dims
+from sim.cost.layer_ops import elementwise_bytes_per_token, gemm_dims
 from sim.cost.op_laws import ElementwiseLaw, GemmLaw, SkuLaws, laws_for
 from sim.cost.op_profile import load_op_profile, write_own
 from sim.cost.per_op import pool_adjacent_violators
