@@ -17,7 +17,7 @@ A spec is validated completely before any work starts, and every error names the
       max_output_len: 64             # clip output lengths
     model: smollm2-135m              # a sim preset / HF directory / "random:<shape>"
     hardware: h100-sxm               # for the roofline cost model (preset or a .json file)
-    cost_model: roofline             # roofline | calibrated | a profile .json path
+    cost_model: roofline             # roofline | roofline-ideal | roofline-fitted | profile:DIR | calibrated | constant | a profile .json path
     dtype: fp32                      # bf16 | fp16 | fp32
     engines: [sim]                   # sim, executor
     seeds: [0]                       # one trace instance per seed
