@@ -1,6 +1,6 @@
 """Fitted operator laws per GPU SKU (see sim.cost.op_laws). GENERATED: do not edit by hand.
 
-    python -m sim.cost.fit_laws ../../shared/profiles/vidur-gpu --write sim/cost/sku_laws.py
+    python -m sim.cost.fit_laws ../shared/profiles/vidur-gpu --write sim/cost/sku_laws.py
 """
 
 SKU_LAWS = {
