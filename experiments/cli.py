@@ -21,6 +21,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "report": ("experiments.runner_cli:report", "Write the HTML + Markdown report of a results folder."),
     "demo": ("experiments.runner_cli:demo", "The main job: calibrate, simulate, execute and report a small sweep."),
     "fidelity": ("experiments.fidelity:fidelity", "Simulator vs executor at four loads on synthetic and real traces."),
+    "cost": ("sim.cost_cli:cost", "Check a cost model against measured operator profiles (cost validate)."),
+    "profile": ("experiments.profile_ops:profile", "Time the executor's layer operators over a token grid (ops.csv)."),
 }
 
 

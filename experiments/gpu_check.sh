@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Executor device check: about 8 minutes on one H100, from the repository root.
+# Executor device check: about 10 minutes on one H100, from the repository root.
 #
 #   OUT=/path/to/results PYTHONPATH=. bash experiments/gpu_check.sh
 #
@@ -8,7 +8,12 @@
 # run. Random models of the real Qwen shapes are written to $MODELS_DIR (not under $OUT).
 # Prints: correctness of the triton backend (+ CUDA graphs) against the torch backend, the
 # nano-vllm offline benchmark (256 requests, in/out U[100,1024], ignore_eos) for Qwen2.5-0.5B
-# and Qwen3-0.6B shapes, the transformers generate() baseline, and the decode roofline bound.
+# and Qwen3-0.6B shapes, the transformers generate() baseline, and the decode roofline bound;
+# then `folovllm profile` (bf16 operator and attention timings of one layer, Qwen3-0.6B and
+# the Qwen2.5-7B shape), the cost models against them (`folovllm cost validate`) and a simulation priced from one.
+# GPU_HW names the hardware preset of the card (default h200) for the cost models. Last, the same
+# 32 requests through the simulator (priced from that profile) and the executor: predicted vs
+# measured in $OUT/fidelity/report.md.
 set -u
 OUT="${OUT:-$(mktemp -d -t gpu_check.XXXXXX)}"
 mkdir -p "$OUT"
@@ -47,8 +52,42 @@ stage roofline-qwen2.5-0.5b 30 $DC roofline --shape qwen2.5-0.5b --out "$OUT" --
 stage roofline-qwen3-0.6b 30 $DC roofline --shape qwen3-0.6b --out "$OUT" --tag qwen3-0.6b
 stage throughput-qwen2.5-0.5b 130 $DC throughput --model-dir "$Q25" --device "$DEVICE" --out "$OUT" --tag qwen2.5-0.5b
 stage throughput-qwen3-0.6b 130 $DC throughput --model-dir "$Q3" --device "$DEVICE" --out "$OUT" --tag qwen3-0.6b
+# Operator profiles (bf16) of the executor's own layers -> ops.csv; then the cost models against
+# them (`cost validate`), per-SKU laws fitted to them, and a simulation priced from one of them.
+PROF="$OUT/profiles"
+stage profile-qwen3-0.6b 90 $PY -m experiments.cli profile --model qwen3-0.6b --device "$DEVICE" --repeats 5 --out "$PROF/qwen3-0.6b"
+stage profile-qwen2.5-7b 90 $PY -m experiments.cli profile --model qwen2.5-7b --device "$DEVICE" --repeats 5 --out "$PROF/qwen2.5-7b"
+GPU_HW="${GPU_HW:-h200}"
+stage validate-ideal-qwen2.5-7b 30 $PY -m experiments.cli cost validate "$PROF/qwen2.5-7b" --hardware "$GPU_HW" --cost-model roofline-ideal
+stage validate-points-qwen2.5-7b 30 $PY -m experiments.cli cost validate "$PROF/qwen2.5-7b" --hardware "$GPU_HW" --cost-model profile --leave-one-out
+stage fit-laws 30 $PY -m sim.cost.fit_laws "$PROF"
+stage sim-profile-qwen3-0.6b 60 $PY -m experiments.cli sim --preset poisson --limit 200 --model qwen3-0.6b --hardware "$GPU_HW" --cost-model "profile:$PROF/qwen3-0.6b"
+# Predicted vs measured on the card: the same requests through the simulator (priced from the
+# profile just measured) and the executor; the report puts them side by side.
+cat > "$OUT/fidelity.yaml" <<YAML
+name: gpu-fidelity
+description: Qwen3-0.6B shape (random weights, bf16) on the GPU; the simulator is priced from the card's own profile.
+trace:
+  preset: poisson
+  params: {num_requests: 32, rate: 8.0, prompt: "uniform:64:512", output: "uniform:16:64"}
+  max_prompt_len: 512
+  max_output_len: 64
+model: random:qwen3-0.6b
+hardware: $GPU_HW
+cost_model: profile:$PROF/qwen3-0.6b
+dtype: bf16
+engines: [sim, executor]
+executor: {device: $DEVICE}
+kv_cache_mib: 2048
+base: {max_model_len: 1024, max_num_batched_tokens: 512, attention_backend: triton}
+variants:
+  - {name: seqs-32, max_num_seqs: 32}
+  - {name: seqs-8, max_num_seqs: 8}
+YAML
+stage fidelity-qwen3-0.6b 90 $PY -m experiments.cli run "$OUT/fidelity.yaml" --out "$OUT/fidelity" --workers 1
 stage hf-qwen2.5-0.5b 100 $DC hf --model-dir "$Q25" --device "$DEVICE" --num-requests 64 --hf-batch-size 64 --out "$OUT" --tag qwen2.5-0.5b
 
+for f in "$OUT"/validate-*.log; do [ -f "$f" ] && echo "$(basename "$f" .log): $(tail -n 1 "$f")"; done
 echo
 echo "=== summary ($(( $(date +%s) - T_START ))s total; logs and JSON in $OUT)"
 cat "$SUMMARY"

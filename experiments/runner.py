@@ -99,6 +99,14 @@ def cost_model_desc(spec: ExperimentSpec, variant: Variant, profile_path: str | 
                 "dtype": spec.dtype, "weight_bits": 4 if variant.knobs["weight_format"] == "gptq-int4" else 16}
     if kind == "constant":
         return {"kind": "constant", "step_s": 0.01, "per_token_s": 1e-4}
+    if kind in ("roofline-ideal", "roofline-fitted") or kind.startswith("profile:"):
+        from sim.cost.op_profile import profile_file
+        from sim.hardware import get_hardware
+
+        digest = file_digest(profile_file(kind.partition(":")[2])) if kind.startswith("profile:") else None
+        return {"kind": "registry", "spec": kind, "model": spec.model, "hardware": spec.hardware,
+                "hardware_spec": get_hardware(spec.hardware).to_dict(), "dtype": spec.dtype,
+                "weight_bits": 4 if variant.knobs["weight_format"] == "gptq-int4" else 16, "sha256": digest}
     path = profile_path if kind == "calibrated" else kind
     if path is None:
         raise SpecError("cost_model: 'calibrated' needs a profile; run `folovllm calibrate` first")
@@ -106,19 +114,17 @@ def cost_model_desc(spec: ExperimentSpec, variant: Variant, profile_path: str | 
 
 
 def build_cost_model(desc: dict):
+    from sim.cost.registry import build_cost_model as build
+
     if desc["kind"] == "roofline":
-        from sim.cost.roofline import RooflineCostModel
-        from sim.hardware import get_hardware
-
-        return RooflineCostModel(model_ref.model_shape(desc["model"]), get_hardware(desc["hardware"]), desc["dtype"],
-                                 desc["weight_bits"])
+        return build("roofline", model=model_ref.model_shape(desc["model"]), hardware=desc["hardware"],
+                     dtype=desc["dtype"], weight_bits=desc["weight_bits"])
     if desc["kind"] == "constant":
-        from sim.cost.base import ConstantCostModel
-
-        return ConstantCostModel(desc["step_s"], desc["per_token_s"])
-    from sim.cost.profiled import ProfiledCostModel
-
-    return ProfiledCostModel.load(desc["path"])
+        return build(f"constant:{desc['step_s']}:{desc['per_token_s']}")
+    if desc["kind"] == "registry":
+        return build(desc["spec"], model=model_ref.model_shape(desc["model"]), hardware=desc["hardware"],
+                     dtype=desc["dtype"], weight_bits=desc["weight_bits"])
+    return build(desc["path"])
 
 
 def _check_executor(spec: ExperimentSpec) -> None:

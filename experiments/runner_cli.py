@@ -75,7 +75,8 @@ def _profile_for(spec) -> str | None:
 @click.option("--ray", "ray", metavar="ADDRESS", default=None, help="Run the simulation grid on a Ray cluster.")
 @click.option("--engines", default=None, help="Override the spec's engines, e.g. 'sim' or 'sim,executor'.")
 @click.option("--cost-model", "cost_model", default=None,
-              help="Override the spec's cost model: roofline, calibrated, or a profile .json.")
+              help="Override the spec's cost model: roofline, roofline-ideal, roofline-fitted, profile:DIR, "
+                   "calibrated, constant, or a profile .json.")
 @click.option("--report/--no-report", default=True, help="Write report.html / report.md at the end.")
 @click.option("--arrival-mode", type=click.Choice(["batch", "spread"]), default=None,
               help="Override the spec's trace.arrival_mode (traces with quantised timestamps, e.g. Mooncake): "

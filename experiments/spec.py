@@ -17,7 +17,7 @@ A spec is validated completely before any work starts, and every error names the
       max_output_len: 64             # clip output lengths
     model: smollm2-135m              # a sim preset / HF directory / "random:<shape>"
     hardware: h100-sxm               # for the roofline cost model (preset or a .json file)
-    cost_model: roofline             # roofline | calibrated | a profile .json path
+    cost_model: roofline             # roofline | roofline-ideal | roofline-fitted | profile:DIR | calibrated | constant | a profile .json path
     dtype: fp32                      # bf16 | fp16 | fp32
     engines: [sim]                   # sim, executor
     seeds: [0]                       # one trace instance per seed
@@ -55,6 +55,20 @@ TRANSFORM_OPS = {
     "clip_to_max_model_len": {"max_model_len": int},
 }
 COST_MODELS = ("roofline", "calibrated", "constant")
+# Further names sim.cost.registry builds for a spec (profile:DIR names a profile folder).
+GPU_COST_MODELS = ("roofline-ideal", "roofline-fitted")
+
+
+def _gpu_cost_model(cost_model: str, base_dir) -> str:
+    """A registry cost model; for profile:DIR, the folder resolved against the spec's folder."""
+    if not cost_model.startswith("profile:"):
+        return cost_model
+    folder = Path(cost_model.partition(":")[2])
+    if base_dir is not None and not folder.is_absolute() and not folder.exists():
+        folder = base_dir / folder
+    if not (folder / "ops.csv").is_file() and not (folder / "mlp.csv").is_file() and not folder.is_file():
+        raise SpecError(f"cost_model: {cost_model!r}: no ops.csv or mlp.csv in {folder}")
+    return f"profile:{folder}"
 
 # Knobs a variant may set: every SchedulerConfig field (names, types, defaults and choices are
 # SchedulerConfig's own) plus the engine-level ones below.
@@ -241,7 +255,9 @@ def _parse(data, source: str, base_dir: Path | None) -> ExperimentSpec:
     if dtype not in DTYPES:
         raise SpecError(f"dtype: {dtype!r} is not allowed; allowed: {list(DTYPES)}")
     cost_model = data.get("cost_model", "roofline")
-    if cost_model not in COST_MODELS:
+    if cost_model in GPU_COST_MODELS or cost_model.startswith("profile:"):
+        cost_model = _gpu_cost_model(cost_model, base_dir)
+    elif cost_model not in COST_MODELS:
         profile = Path(cost_model)
         if base_dir is not None and not profile.is_absolute() and not profile.exists():
             profile = base_dir / profile
@@ -251,7 +267,8 @@ def _parse(data, source: str, base_dir: Path | None) -> ExperimentSpec:
             raise SpecError(f"cost_model: profile file {cost_model!r} does not exist")
         cost_model = str(profile)
     hardware = data.get("hardware")
-    if "sim" in engines and cost_model == "roofline" and hardware is None:
+    if "sim" in engines and (cost_model == "roofline" or cost_model in GPU_COST_MODELS
+                             or cost_model.startswith("profile:")) and hardware is None:
         raise SpecError("hardware: required when the sim engine uses the roofline cost model "
                         "(a preset such as h100-sxm, or a hardware .json)")
     if hardware is not None and hardware.endswith(".json"):

@@ -105,7 +105,11 @@ def print_summary(summary: dict, title: str) -> None:
 @click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16", show_default=True)
 @click.option("--weight-bits", type=click.Choice(["16", "4"]), default=None,
               help="Linear-layer weight bits (4 = GPTQ). Default: 4 if the model dir says GPTQ, else 16.")
-@click.option("--cost-model", default="roofline", show_default=True, help="'roofline' or a profile .json.")
+@click.option("--cost-model", default="roofline", show_default=True,
+              help="roofline (fitted for GPUs with fitted laws), roofline-ideal, profile:DIR, constant, or a CPU "
+                   "profile .json (see sim.cost.registry).")
+@click.option("--tp", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Tensor-parallel degree: cost models price one GPU's shard (collectives not priced).")
 @scheduler_options
 @click.option("--allow-long-max-model-len", is_flag=True,
               help="Accept a --max-model-len above the model's max_position_embeddings (refused otherwise).")
@@ -117,17 +121,17 @@ def print_summary(summary: dict, title: str) -> None:
 @click.option("--format", "formats", default="parquet,csv", show_default=True, help="Table formats to write.")
 @click.option("--token-times", is_flag=True, help="Also write every output token's time (tokens.*).")
 @click.option("--quiet", is_flag=True, help="No progress bar, no summary table.")
-def sim(trace, trace_format, arrival_mode, preset, params, seed, limit, model, hardware, dtype, weight_bits, cost_model,
+def sim(trace, trace_format, arrival_mode, preset, params, seed, limit, model, hardware, dtype, weight_bits, cost_model, tp,
         gpu_memory_utilization, slo_ttft_ms, slo_tpot_ms, slo_e2el_ms, out_dir, formats, token_times, quiet,
         allow_long_max_model_len, **knobs):
     """Replay a trace through the discrete-event simulator and print/write its metrics.
 
     Every scheduling knob of SchedulerConfig is an option here (same names and defaults as
     in experiment specs and the executor's CLIs)."""
-    from sim.cost.base import load_cost_model
+    from sim.cost.registry import build_cost_model
     from sim.engine import SimulationStalled, simulate
     from sim.hardware import get_hardware, kv_blocks_for
-    from sim.models import check_max_model_len, get_model_shape, gptq_bits_from_hf_config
+    from sim.models import check_max_model_len, get_model_shape, gptq_bits_from_hf_config, shard
 
     try:
         shape = get_model_shape(model)
@@ -139,15 +143,15 @@ def sim(trace, trace_format, arrival_mode, preset, params, seed, limit, model, h
             check_max_model_len(shape, config.max_model_len, allow_longer=allow_long_max_model_len)
         if config.num_blocks is None:
             hw = get_hardware(hardware)
-            blocks = kv_blocks_for(shape, hw, gpu_memory_utilization, config.block_size, dtype, weight_bits=bits,
-                                   max_num_batched_tokens=config.max_num_batched_tokens,
+            blocks = kv_blocks_for(shard(shape, tp), hw, gpu_memory_utilization, config.block_size, dtype,
+                                   weight_bits=bits, max_num_batched_tokens=config.max_num_batched_tokens,
                                    max_num_seqs=config.max_num_seqs)
         else:
             blocks = None
         beyond = allow_long_max_model_len and config.max_model_len is not None  # the explicit override
         config = config.resolved(num_blocks=blocks, model_max_len=None if beyond else shape.max_position_embeddings)
         num_blocks, block_size = config.num_blocks, config.block_size
-        costs = load_cost_model(cost_model, model=model, hardware=hardware, dtype=dtype, weight_bits=bits)
+        costs = build_cost_model(cost_model, model=model, hardware=hardware, dtype=dtype, weight_bits=bits, tp=tp)
         fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
         bad = [f for f in fmts if f not in ("parquet", "csv")]
         if bad:

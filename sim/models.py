@@ -8,7 +8,7 @@ Face `config.json`, so a model directory the executor runs is priced from the sa
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 
@@ -25,6 +25,7 @@ class ModelShape:
     tie_word_embeddings: bool
     max_position_embeddings: int = 4096
     attention_bias: bool = False  # Qwen2 has q/k/v biases (tiny, counted for completeness)
+    gated_mlp: bool = True  # SwiGLU (gate and up projections); False: one up projection (GPT/phi style)
 
     @property
     def q_dim(self) -> int:
@@ -39,7 +40,7 @@ class ModelShape:
         """Weights of the matmuls in one decoder layer (q, k, v, o, gate, up, down)."""
         h = self.hidden_size
         attn = h * self.q_dim + 2 * h * self.kv_dim + self.q_dim * h
-        mlp = 3 * h * self.intermediate_size
+        mlp = (3 if self.gated_mlp else 2) * h * self.intermediate_size
         return attn + mlp
 
     @property
@@ -72,6 +73,29 @@ class ModelShape:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def shard(shape: ModelShape, tp: int) -> ModelShape:
+    """The part of `shape` one GPU holds under tensor parallelism of degree `tp` (Megatron
+    style, as vLLM shards): attention heads, KV heads (replicated when fewer than `tp`), the FFN
+    width and the LM head's vocabulary are split; the hidden size and the layer count are not.
+    Every cost model prices this shard, so TP is handled in one place."""
+    if tp == 1:
+        return shape
+    if tp < 1 or shape.num_heads % tp or shape.intermediate_size % tp:
+        raise ValueError(
+            f"model {shape.name!r}: tensor parallel degree {tp} must divide the {shape.num_heads} attention heads "
+            f"and the FFN width {shape.intermediate_size}"
+        )
+    if shape.num_kv_heads >= tp and shape.num_kv_heads % tp:
+        raise ValueError(f"model {shape.name!r}: tensor parallel degree {tp} does not divide {shape.num_kv_heads} KV heads")
+    return replace(
+        shape,
+        num_heads=shape.num_heads // tp,
+        num_kv_heads=max(1, shape.num_kv_heads // tp),
+        intermediate_size=shape.intermediate_size // tp,
+        vocab_size=-(-shape.vocab_size // tp),
+    )
 
 
 def _preset(name, layers, hidden, heads, kv_heads, head_dim, inter, vocab, tied, max_pos, bias=False) -> ModelShape:

@@ -4,6 +4,6 @@ All of them price a plan from the same few numbers, `traces.timeline.plan_shape(
 the simulator computes those once per step and the step records both engines write carry
 exactly the features a profile fit needs."""
 
-from sim.cost.base import ConstantCostModel, CostModel, load_cost_model
+from sim.cost.base import ConstantCostModel, CostModel
 
-__all__ = ["ConstantCostModel", "CostModel", "load_cost_model"]
+__all__ = ["ConstantCostModel", "CostModel"]

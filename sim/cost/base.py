@@ -1,8 +1,8 @@
-"""The one interface every step cost model implements, and the simplest model of all."""
+"""The one interface every step cost model implements, and the simplest model of all.
+
+Models are built by name in sim.cost.registry; this module imports none of them."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from policy.plan import SchedulerOutput
 from traces.timeline import plan_shape
@@ -45,26 +45,3 @@ class ConstantCostModel(CostModel):
     def describe(self) -> dict:
         return {"kind": "constant", "step_s": self.step_s, "per_token_s": self.per_token_s,
                 "per_request_s": self.per_request_s}
-
-
-def load_cost_model(
-    spec: str,
-    *,
-    model: str | None = None,
-    hardware: str | None = None,
-    dtype: str = "bf16",
-    weight_bits: int = 16,
-) -> CostModel:
-    """`"roofline"` (needs model and hardware) or the path of a profile JSON."""
-    if spec == "roofline":
-        from sim.cost.roofline import RooflineCostModel
-
-        if model is None or hardware is None:
-            raise ValueError("the roofline cost model needs a model and a hardware name")
-        return RooflineCostModel.from_names(model=model, hardware=hardware, dtype=dtype, weight_bits=weight_bits)
-    path = Path(spec)
-    if path.suffix == ".json" or path.exists():
-        from sim.cost.profiled import ProfiledCostModel
-
-        return ProfiledCostModel.load(path)
-    raise ValueError(f"cost model {spec!r}: expected 'roofline' or the path of a profile .json file")

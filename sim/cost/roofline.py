@@ -25,13 +25,15 @@ from __future__ import annotations
 
 from sim.cost.base import CostModel
 from sim.hardware import DTYPE_BYTES, HardwareSpec, get_hardware, weight_bytes_per_step
-from sim.models import ModelShape, get_model_shape
+from sim.models import ModelShape, get_model_shape, shard
 
 INT4_DEQUANT_TOKENS = 64
+PARTS = ("linear", "lm_head", "attention", "activations", "overhead")
 
 
 class RooflineCostModel(CostModel):
-    def __init__(self, model: ModelShape, hardware: HardwareSpec, dtype: str = "bf16", weight_bits: int = 16) -> None:
+    def __init__(self, model: ModelShape, hardware: HardwareSpec, dtype: str = "bf16", weight_bits: int = 16,
+                 tp: int = 1) -> None:
         if dtype not in DTYPE_BYTES:
             raise ValueError(f"dtype {dtype!r}: supported are {', '.join(DTYPE_BYTES)}")
         if weight_bits not in (4, 16, 32):
@@ -40,6 +42,9 @@ class RooflineCostModel(CostModel):
             raise ValueError("weight_bits=32 needs dtype='fp32'")
         if not hardware.calibrated or hardware.mem_bw <= 0 or hardware.flops_16 <= 0:
             raise ValueError(f"hardware {hardware.name!r} is not calibrated; see sim.hardware.calibrate_cpu")
+        self.full_model = model
+        self.tp = tp
+        model = shard(model, tp)  # one GPU's part; collectives are not priced
         self.model = model
         self.hardware = hardware
         self.dtype = dtype
@@ -67,54 +72,70 @@ class RooflineCostModel(CostModel):
         kv_tok = model.kv_bytes_per_token(elem)
         self._kv_byte_s = kv_tok / bw  # per cached token read or new token written
         h, i = model.hidden_size, model.intermediate_size
-        act_per_token = (8 * h + 3 * model.q_dim + 4 * model.kv_dim + 5 * i) * elem * L + 2 * h * elem
-        self._act_s = act_per_token / bw  # per token
+        act_layers = (8 * h + 3 * model.q_dim + 4 * model.kv_dim + 5 * i) * elem * L
+        self._act_layers_s = act_layers / bw  # per token, the decoder layers' elementwise traffic
+        self._act_s = (act_layers + 2 * h * elem) / bw  # per token, with the final norm
         self._logits_s = model.vocab_size * 4 * 2 / bw  # per sampled row: fp32 write + read
         self._overhead_s = hardware.step_overhead_s + L * hardware.layer_overhead_s
 
     @classmethod
     def from_names(
-        cls, model: str = "llama-3-8b", hardware: str = "h100-sxm", dtype: str = "bf16", weight_bits: int = 16
+        cls, model: str = "llama-3-8b", hardware: str = "h100-sxm", dtype: str = "bf16", weight_bits: int = 16,
+        tp: int = 1,
     ) -> "RooflineCostModel":
-        return cls(get_model_shape(model), get_hardware(hardware), dtype, weight_bits)
+        return cls(get_model_shape(model), get_hardware(hardware), dtype, weight_bits, tp)
+
+    def _linear(self, tokens: int) -> float:
+        if self.weight_bits == 4 and tokens > INT4_DEQUANT_TOKENS:
+            t = tokens * self._linear_flop_s
+            return self._dequant_s + (t if t > self._dense_linear_weights_s else self._dense_linear_weights_s)
+        t = tokens * self._linear_flop_s
+        return t if t > self._linear_weights_s else self._linear_weights_s
+
+    def _lm_head(self, n_sampled: int) -> float:
+        head = n_sampled * self._lm_head_flop_s
+        return head if head > self._lm_head_bytes_s else self._lm_head_bytes_s
+
+    def parts(self, shape: tuple) -> tuple[float, float, float, float, float]:
+        """(linear, lm_head, attention, activations, overhead) seconds for a plan shape (see
+        traces.timeline.plan_shape). The one place the roofline formula is written."""
+        n_pre, pre_tok, n_dec, pre_ctx, dec_ctx, pairs, n_sampled = shape
+        tokens = pre_tok + n_dec
+        attn_c = (pairs + dec_ctx) * self._attn_flop_s
+        attn_m = (pre_ctx + dec_ctx + tokens) * self._kv_byte_s
+        return (
+            self._linear(tokens),
+            self._lm_head(n_sampled),
+            attn_c if attn_c > attn_m else attn_m,
+            tokens * self._act_s + n_sampled * self._logits_s,
+            self._overhead_s,
+        )
 
     def breakdown(self, shape: tuple) -> dict[str, float]:
         """Seconds per part for a plan shape (see traces.timeline.plan_shape)."""
-        n_pre, pre_tok, n_dec, pre_ctx, dec_ctx, pairs, n_sampled = shape
-        tokens = pre_tok + n_dec
-        if self.weight_bits == 4 and tokens > INT4_DEQUANT_TOKENS:
-            linear = self._dequant_s + max(tokens * self._linear_flop_s, self._dense_linear_weights_s)
-        else:
-            linear = max(tokens * self._linear_flop_s, self._linear_weights_s)
-        lm_head = max(n_sampled * self._lm_head_flop_s, self._lm_head_bytes_s)
-        attention = max((pairs + dec_ctx) * self._attn_flop_s, (pre_ctx + dec_ctx + tokens) * self._kv_byte_s)
-        return {
-            "linear": linear,
-            "lm_head": lm_head,
-            "attention": attention,
-            "activations": tokens * self._act_s + n_sampled * self._logits_s,
-            "overhead": self._overhead_s,
-        }
+        return dict(zip(PARTS, self.parts(shape)))
 
     def time_for_shape(self, shape: tuple) -> float:
-        n_pre, pre_tok, n_dec, pre_ctx, dec_ctx, pairs, n_sampled = shape
-        tokens = pre_tok + n_dec
-        t = tokens * self._linear_flop_s
-        if self.weight_bits == 4 and tokens > INT4_DEQUANT_TOKENS:
-            t = self._dequant_s + (t if t > self._dense_linear_weights_s else self._dense_linear_weights_s)
-        elif t < self._linear_weights_s:
-            t = self._linear_weights_s
-        head = n_sampled * self._lm_head_flop_s
-        t += head if head > self._lm_head_bytes_s else self._lm_head_bytes_s
-        attn_c = (pairs + dec_ctx) * self._attn_flop_s
-        attn_m = (pre_ctx + dec_ctx + tokens) * self._kv_byte_s
-        t += attn_c if attn_c > attn_m else attn_m
-        return t + tokens * self._act_s + n_sampled * self._logits_s + self._overhead_s
+        linear, lm_head, attention, activations, overhead = self.parts(shape)
+        return linear + lm_head + attention + activations + overhead
+
+    def attention_seconds(self, shape: tuple) -> float:
+        return self.parts(shape)[2]
+
+    def head_seconds(self, n_sampled: int) -> float:
+        """LM head and logits traffic for the sampled rows."""
+        return self._lm_head(n_sampled) + n_sampled * self._logits_s
+
+    def layer_seconds(self, tokens: int, ops=None) -> float:
+        """One layer's linear and elementwise work at `tokens` tokens (attention excluded): what a
+        per-operator profile measures. `ops` is ignored: the roofline does not split operators."""
+        return (self._linear(tokens) + tokens * self._act_layers_s) / self.model.num_layers
 
     def describe(self) -> dict:
         return {
-            "kind": "roofline",
-            "model": self.model.to_dict(),
+            "kind": "roofline-ideal",
+            "model": self.full_model.to_dict(),
+            "tp": self.tp,
             "hardware": self.hardware.to_dict(),
             "dtype": self.dtype,
             "weight_bits": self.weight_bits,

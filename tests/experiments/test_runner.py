@@ -115,3 +115,25 @@ def test_ray_without_ray_installed_is_a_clear_error(tmp_path):
         pass
     with pytest.raises(SpecError, match="--ray needs the optional 'ray' package"):
         run_spec(load_spec(sim_spec(tmp_path)), tmp_path / "out", ray_address="auto", progress=False)
+
+
+def test_spec_selects_the_profile_driven_cost_model(tmp_path):
+    """`cost_model: profile:DIR` in a spec reaches the simulator (folder relative to the spec)."""
+    from sim.cost.op_laws import laws_for
+    from sim.cost.layer_ops import elementwise_bytes_per_token, gemm_dims
+    from sim.cost.op_profile import write_own
+    from sim.models import get_model_shape
+
+    shape, laws = get_model_shape("qwen3-0.6b"), laws_for("h100-sxm")
+    dims, nbytes = gemm_dims(shape), elementwise_bytes_per_token(shape)
+    meas = [(t, {**{op: 3 * laws.gemm[op].seconds(t, *dims[op]) for op in dims},
+                 **{op: 3 * law.seconds(t * nbytes[op]) for op, law in laws.elementwise.items()}}) for t in (1, 64, 1024)]
+    write_own(tmp_path / "prof" / "ops.csv", device="h100", dtype="bf16", model=shape, tp=1, measurements=meas)
+    spec = load_spec(sim_spec(tmp_path, cost_model="profile:prof", dtype="bf16", variants=[{"name": "cont"}],
+                              grid={"max_num_seqs": [8]}))
+    assert spec.cost_model == f"profile:{tmp_path / 'prof'}"
+    report = run_spec(spec, tmp_path / "out", workers=1, progress=False)
+    run = json.loads((tmp_path / "out" / "runs" / report.ran[0].dirname / "run.json").read_text())
+    assert run["cost_model"]["spec"].startswith("profile:") and run["cost_model_describe"]["kind"] == "profile"
+    with pytest.raises(SpecError, match="no ops.csv or mlp.csv"):
+        load_spec(sim_spec(tmp_path, cost_model="profile:nowhere"))

@@ -11,7 +11,8 @@ import pytest
 
 from policy import SchedulerConfig
 from sim import simulate
-from sim.cost import ConstantCostModel, load_cost_model
+from sim.cost import ConstantCostModel
+from sim.cost.registry import build_cost_model
 from sim.cost.profiled import FEATURES, ProfiledCostModel, fit_profile
 from sim.cost.roofline import RooflineCostModel
 from tests.sim.conftest import make_request
@@ -146,7 +147,7 @@ def test_profile_file_round_trip_and_errors(tmp_path):
     back = ProfiledCostModel.load(path)
     assert back.coefficients == model.coefficients and back.fit_report == model.fit_report
     assert back.time_for_shape(decode_shape(3, 100)) == model.time_for_shape(decode_shape(3, 100))
-    assert isinstance(load_cost_model(str(path)), ProfiledCostModel)
+    assert isinstance(build_cost_model(str(path)), ProfiledCostModel)
     data = json.loads(path.read_text())
     assert data["format"] == "folovllm-step-profile" and len(data["samples"]) == 120
     # samples without coefficients: fitted on load
