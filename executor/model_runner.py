@@ -192,8 +192,9 @@ class ModelRunner:
             return out
         states = self.states
         sample_states = [states[plan.scheduled[i].request_id] for i in inputs.sampling_plan_rows]
-        sample_rows = [SampleRow(st.params, st.num_output_tokens, st.eos_token_id) for st in sample_states]
-        tokens = self.sampler(logits, sample_rows).tolist()
+        sample_rows = [SampleRow(st.params, st.num_output_tokens, st.eos_token_id, plan.scheduled[i].request_id)
+                       for i, st in zip(inputs.sampling_plan_rows, sample_states)]
+        tokens = self.sampler(logits, sample_rows, step=plan.step_id).tolist()
         for i, state, tok in zip(inputs.sampling_plan_rows, sample_states, tokens):
             tok = int(tok)
             out[i] = tok
