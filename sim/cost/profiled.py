@@ -137,6 +137,23 @@ def floor_form(gemm_floor: int, lm_head_floor: int = LM_HEAD_FLOOR) -> Form:
 FORMS = (LINEAR, floor_form(1), floor_form(2), floor_form(4), floor_form(8), floor_form(16))
 
 
+def _floor_pricer(coef: tuple[float, ...], form: Form):
+    """`time_for_shape` of a floor form without building the feature dict (the simulator
+    prices every step); the same sum as `form.vector(shape)` dotted with `coef`."""
+    c0, c_gemm, c_npre, c_ndec, c_dctx, c_pcached, c_pairs, c_samp, c_lm, c_hasdec = coef
+    gemm_floor, lm_floor = form.gemm_floor, form.lm_head_floor
+
+    def price(shape: tuple) -> float:
+        n_pre, pre_tok, n_dec, pre_ctx, dec_ctx, pairs, n_sampled = shape
+        rows = pre_tok + n_dec - gemm_floor
+        lm = n_sampled - lm_floor
+        return (c0 + c_gemm * (rows if rows > 0 else 0) + c_npre * n_pre + c_ndec * n_dec + c_dctx * dec_ctx
+                + c_pcached * (pre_ctx - pre_tok) + c_pairs * pairs + c_samp * n_sampled
+                + c_lm * (lm if lm > 0 else 0) + (c_hasdec if n_dec else 0.0))
+
+    return price
+
+
 def form_from_dict(data: dict | None, features: list | None, where: str) -> Form:
     if not data:
         return LINEAR
@@ -257,6 +274,7 @@ class ProfiledCostModel(CostModel):
         if sum(self.coefficients.values()) <= 0:
             raise ValueError("profile coefficients are all zero: every step would take no time")
         self._coef = tuple(self.coefficients[name] for name in form.features)
+        self._price = _floor_pricer(self._coef, form) if form.features == FLOOR_FEATURES else None
         self.meta = dict(meta or {})
         self.samples = list(samples or [])
 
@@ -266,6 +284,8 @@ class ProfiledCostModel(CostModel):
             c = self._coef
             return (c[0] + c[1] * pre_tok + c[2] * n_pre + c[3] * n_dec + c[4] * pre_ctx + c[5] * dec_ctx
                     + c[6] * pairs + c[7] * n_sampled)
+        if self._price is not None:
+            return self._price(shape)
         return sum(c * v for c, v in zip(self._coef, self.form.vector(shape)))
 
     @property

@@ -12,7 +12,7 @@ import pytest
 from policy import SchedulerConfig
 from sim import simulate
 from sim.cost import ConstantCostModel, load_cost_model
-from sim.cost.profiled import FEATURES, LINEAR, ProfiledCostModel, fit_profile
+from sim.cost.profiled import FEATURES, LINEAR, ProfiledCostModel, fit_profile, sample_shape
 from sim.cost.roofline import RooflineCostModel
 from tests.sim.conftest import make_request
 
@@ -237,6 +237,11 @@ def test_floor_profile_round_trips_and_old_profiles_still_load(tmp_path):
     back = ProfiledCostModel.load(model.save(tmp_path / "p.json"))
     assert back.form == model.form and back.coefficients == model.coefficients
     assert back.time_for_shape(decode_shape(5, 321)) == pytest.approx(model.time_for_shape(decode_shape(5, 321)))
+    # the fast pricer is the form's feature vector dotted with the coefficients
+    for sample in _floor_samples(n_replays=1, steps=30, seed=9):
+        shape = sample_shape(sample)
+        dot = sum(model.coefficients[f] * v for f, v in zip(model.form.features, model.form.vector(shape)))
+        assert model.time_for_shape(shape) == pytest.approx(dot, rel=1e-12)
     data = json.loads((tmp_path / "p.json").read_text())
     assert data["version"] == 2 and data["form"]["name"] == model.form.name and data["samples"][0]["group"] == "replay0"
     v1 = fit_profile(_synthetic_samples(TRUE), forms=(LINEAR,)).to_dict()
