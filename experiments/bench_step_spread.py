@@ -49,8 +49,8 @@ def _workload(n: int, prefix: int, suffix: int, vocab: int) -> list[list[int]]:
 
 
 def run_pass(engine, prompts: list[list[int]], output: int) -> list[tuple[tuple, tuple[float, float, int]]]:
-    """One pass: (plan shape, (runner wall seconds, process CPU seconds, minor page faults)) per
-    non-empty step. CPU time is what the step cost this process; wall time minus it is time the
+    """One pass: (plan shape, (runner wall seconds, runner CPU seconds, minor page faults, whole
+    step wall seconds, whole step CPU seconds)) per non-empty step. CPU time is what the step cost this process; wall time minus it is time the
     step waited for a core (other processes), so the two separate our noise from theirs."""
     from executor.sampler import SamplingParams
 
@@ -74,13 +74,29 @@ def run_pass(engine, prompts: list[list[int]], output: int) -> list[tuple[tuple,
         steps = []
         while engine.has_unfinished_requests():
             n_before = len(timings)
+            c0, t0 = time.process_time(), time.perf_counter()
             plan, result = engine.step()
+            whole = (time.perf_counter() - t0, time.process_time() - c0)
             if plan.scheduled:
-                steps.append((plan_shape(plan), timings[n_before]))
+                steps.append((plan_shape(plan), timings[n_before] + whole))
     finally:
         del runner.execute
     engine.reset_scheduler()
     return steps
+
+
+def write_steps(steps: list[tuple[tuple, tuple]], path: str, which: int) -> None:
+    """A steps table with the StepRecord columns the step accounting reads."""
+    import pandas as pd
+
+    rows = []
+    for i, (shape, t) in enumerate(steps):
+        n_pre, pre_tok, n_dec, pre_ctx, dec_ctx, pairs, n_sampled = shape
+        rows.append({"step_id": i, "duration_s": t[which], "num_prefill_requests": n_pre,
+                     "num_prefill_tokens": pre_tok, "num_decode_requests": n_dec,
+                     "sum_context_len": pre_ctx + dec_ctx, "sum_prefill_context_len": pre_ctx,
+                     "prefill_attn_pairs": pairs, "num_sampled": n_sampled})
+    pd.DataFrame(rows).to_parquet(path)
 
 
 def spread_table(pass_a: list[tuple[tuple, tuple]], pass_b: list[tuple[tuple, tuple]], which: int = 0) -> list[dict]:
@@ -118,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (1, as the demo spec runs the executor; 0 = torch's default)")
     ap.add_argument("--passes", type=int, default=2)
+    ap.add_argument("--steps-out", default=None,
+                    help="also write the first pass's steps (StepRecord columns) to this parquet file, as held-out "
+                         "steps for experiments.cost_model_heldout")
+    ap.add_argument("--steps-clock", choices=("wall", "cpu"), default="wall",
+                    help="duration_s of --steps-out: whole engine.step wall or process CPU seconds")
     args = ap.parse_args(argv)
 
     import torch
@@ -150,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
               f"p90 {100 * statistics.quantiles(diffs, n=10)[8]:.1f}%, max {100 * max(diffs):.1f}%; "
               f"total {sum(t[which] for _, t in passes[0]):.2f} s vs {sum(t[which] for _, t in passes[1]):.2f} s")
     print(f"loadavg after {os.getloadavg()[0]:.2f}")
+    if args.steps_out:
+        write_steps(passes[0], args.steps_out, 3 if args.steps_clock == "wall" else 4)
+        print(f"steps of pass 1 ({args.steps_clock} clock) written to {args.steps_out}")
     return 0
 
 

@@ -46,6 +46,9 @@ DEFAULT_MAX_MODEL_LEN = 512
 _DECODE_HEADROOM = 48
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 def contexts_for(max_model_len: int) -> tuple[int, ...]:
     """Decode / prefix-hit contexts from short to the longest a workload reaches."""
     top = max(32, max_model_len - _DECODE_HEADROOM)
@@ -69,9 +72,10 @@ def _sample(shape: tuple, seconds: float) -> dict:
 
 
 class _Profiler:
-    def __init__(self, engine, repeats: int) -> None:
+    def __init__(self, engine, repeats: int, clock=time.perf_counter) -> None:
         self.engine = engine
         self.repeats = repeats
+        self.clock = clock
         self.samples: list[dict] = []
         self.cvs: list[float] = []
         self.points: dict = {}
@@ -93,9 +97,9 @@ class _Profiler:
         return req.request_id
 
     def step(self):
-        t0 = time.perf_counter()
+        t0 = self.clock()
         plan, result = self.engine.step()
-        return plan, time.perf_counter() - t0
+        return plan, self.clock() - t0
 
     def collect(self, key, shapes_times: list[tuple[tuple, float]]) -> None:
         """Timings of one grid point from one pass (kept until `finish`)."""
@@ -136,11 +140,12 @@ class _Profiler:
 
 def profile_engine(engine, *, prefill_tokens=PREFILL_TOKENS, decode_batches=DECODE_BATCHES, contexts=None,
                    mixed_prefill=MIXED_PREFILL, hit_prefill=HIT_PREFILL, repeats: int = 2, passes: int = 2,
-                   max_chunks: int = 3, bursts: bool = True, progress: bool = True) -> _Profiler:
+                   max_chunks: int = 3, bursts: bool = True, progress: bool = True,
+                   clock=time.perf_counter) -> _Profiler:
     """The whole grid `passes` times, `repeats` timed steps per point per pass; a point's
     sample is the median over all its timings. Passes spread each point over the run, so a
     burst of load from another process slows every point a little instead of a few a lot."""
-    prof = _Profiler(engine, repeats)
+    prof = _Profiler(engine, repeats, clock)
     max_len = engine.scheduler_config.max_model_len
     contexts = tuple(contexts or contexts_for(max_len))
     total = (len(prefill_tokens) + len(contexts) * (len(decode_batches) + 1) + int(bursts)) * passes
@@ -311,10 +316,15 @@ def profile_bursts(prof: _Profiler, *, bursts: int = 1, requests: int = 16, max_
 def calibrate(model: str, out: str | Path, *, dtype: str = "fp32", block_size: int = 16, repeats: int = 2,
               quick: bool = False, progress: bool = True, device: str | None = None,
               attention_backend: str = "torch", threads: int | None = None,
-              max_model_len: int = DEFAULT_MAX_MODEL_LEN) -> CalibrationResult:
+              max_model_len: int = DEFAULT_MAX_MODEL_LEN, clock: str = "wall") -> CalibrationResult:
     """Profile `model` on this machine, fit the profiled cost model, save it to `out`.
     `threads` sets torch's intra-op threads (the executor runs it predicts must use the same);
-    `max_model_len` is the longest context the workloads it prices reach (the grid spans it)."""
+    `max_model_len` is the longest context the workloads it prices reach (the grid spans it).
+    `clock="cpu"` times steps in process CPU time instead of wall time: with one torch thread
+    that is the step's own cost, without the time it waited for a core on a busy machine (for
+    studying the cost model's form; replays measure wall time, so their profiles use "wall")."""
+    if clock not in CLOCKS:
+        raise ValueError(f"clock={clock!r}: choose one of {sorted(CLOCKS)}")
     _set_threads(threads)
     from executor.engine import LLMEngine
     from sim.cost.profiled import fit_profile
@@ -338,13 +348,14 @@ def calibrate(model: str, out: str | Path, *, dtype: str = "fp32", block_size: i
                        dtype=model_ref.TORCH_DTYPES[dtype], device=device, load_tokenizer=False)
     engine.warmup()
     prof = profile_engine(engine, repeats=repeats, passes=1 if quick else 2, bursts=not quick, progress=progress,
+                          clock=CLOCKS[clock],
                           **grid)
     env = environment(with_torch=True)
     hardware = {"name": "measured", "fingerprint": machine_fingerprint(), "cpu": env["cpu"],
                 "cpu_count": env["cpu_count"], "torch_threads": env.get("torch_threads"), "gpu": env.get("gpu"),
                 "loadavg_at_end": env.get("loadavg"),
                 "step_noise_cv_median": statistics.median(prof.cvs) if prof.cvs else None,
-                "attention_backend": attention_backend}
+                "attention_backend": attention_backend, "clock": clock}
     profile = fit_profile(prof.samples, model=model, hardware=hardware, dtype=dtype, weight_bits=16)
     path = profile.save(out)
     return CalibrationResult(path, profile.fit_report, len(prof.samples), time.perf_counter() - t0,

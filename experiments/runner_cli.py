@@ -112,7 +112,9 @@ def run(spec_path, out, workers, ray, engines, cost_model, report):
 @click.option("--threads", type=int, default=None, help="torch threads (use the same as the executor runs).")
 @click.option("--max-model-len", type=int, default=512, show_default=True,
               help="The longest context the workloads reach: the grid's contexts span it.")
-def calibrate(model, out, dtype, repeats, quick, threads, max_model_len):
+@click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
+              help="Time steps in wall time (what replays measure) or process CPU time (a busy machine's waits left out).")
+def calibrate(model, out, dtype, repeats, quick, threads, max_model_len, clock):
     """Profile the executor's step time on this machine and fit the simulator's cost model."""
     from experiments.calibrate import cached_profile_path, calibrate as do_calibrate, describe_result
     from sim.cost.profiled import ProfiledCostModel, format_fit_report
@@ -120,7 +122,7 @@ def calibrate(model, out, dtype, repeats, quick, threads, max_model_len):
     path = Path(out) if out else cached_profile_path(model, dtype, threads, max_model_len)
     try:
         res = do_calibrate(model, path, dtype=dtype, repeats=repeats, quick=quick, threads=threads,
-                           max_model_len=max_model_len)
+                           max_model_len=max_model_len, clock=clock)
     except (ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from None
     click.echo(format_fit_report(ProfiledCostModel.load(res.profile_path)))
