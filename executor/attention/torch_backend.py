@@ -77,25 +77,31 @@ def _plan(meta: AttentionMetadata, device: torch.device) -> _StepPlan:
 
 
 class _Workspace:
-    """Two flat buffers (K and V) that gathers write into; grown to the largest request seen."""
+    """Two flat buffers (K and V) that CPU gathers write into, grown (by a quarter more than
+    asked, so a run whose contexts grow step by step reallocates a few times, not every step)
+    and never shrunk. On CUDA it hands out nothing: the caching allocator already reuses
+    memory, and a buffer kept across steps would sit outside the KV budget's profiled peak."""
 
     def __init__(self) -> None:
         self._bufs: dict[tuple, torch.Tensor] = {}
 
-    def get(self, which: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    def get(self, which: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+        if device.type != "cpu":
+            return None
         n = 1
         for s in shape:
             n *= s
         key = (which, dtype, device)
         buf = self._bufs.get(key)
         if buf is None or buf.numel() < n:
-            buf = self._bufs[key] = torch.empty(max(n, 2 * buf.numel() if buf is not None else n),
-                                                dtype=dtype, device=device)
+            buf = self._bufs[key] = torch.empty(n + n // 4, dtype=dtype, device=device)
         return buf[:n].view(shape)
 
 
-def gather_blocks(cache: torch.Tensor, blocks: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """cache [num_blocks, block_size, H, D] rows `blocks` -> `out` [len(blocks), block_size, H, D]."""
+def gather_blocks(cache: torch.Tensor, blocks: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """cache [num_blocks, block_size, H, D] rows `blocks` -> [len(blocks), block_size, H, D] (into `out` if given)."""
+    if out is None:
+        return torch.index_select(cache, 0, blocks)
     return torch.index_select(cache, 0, blocks, out=out)
 
 
