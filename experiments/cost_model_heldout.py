@@ -66,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     print(format_fit_report(ProfiledCostModel.load(args.profile)))
     paths = [sa._steps_path(r) for r in args.runs]
     for name, model in candidate_models(args.profile):
-        print(f"\n== {name}: calibration held-out MAPE {100 * model.fit_report['holdout_mape']:.1f}% "
-              f"({model.fit_report['cv_scheme']}); on the {len(paths)} held-out run(s):")
+        fit = model.fit_report
+        held = "-" if fit.get("holdout_mape") is None else f"{100 * fit['holdout_mape']:.1f}%"
+        print(f"\n== {name}: calibration held-out MAPE {held} ({fit.get('cv_scheme', 'not recorded')}); "
+              f"on the {len(paths)} held-out run(s):")
         print(sa.format_accounting(sa.account_runs(paths, model)))
     return 0
 
