@@ -10,12 +10,21 @@ The real engine is driven through its own scheduler, so every timed step is a ge
   caching is on, so building that batch costs one prefill of C tokens instead of B (the KV
   bytes each decode reads are the same);
 - mixed steps: a fresh prompt of P tokens joining those B decodes, then aborted;
-- short engine runs: a burst of requests with random lengths, every step a sample (the
-  step mixes a replay produces: several prefill chunks beside decodes).
+- prefill after a prefix hit: a prompt whose first C tokens are in the prefix cache, so its
+  P new tokens attend to C cached ones (what conversation traces do on every turn);
+- short engine runs (*replays*): bursts of requests, every step a sample (the step mixes a
+  replay produces: several prefill chunks beside decodes). One with random lengths and no
+  prefix sharing, one conversation-like (sessions sharing long prefixes, contexts up to
+  `max_model_len`). Each replay is a cross-validation group: the cost model's form is the one
+  that best predicts a replay it was not fitted on.
+
+The contexts span the workload's `max_model_len` (decodes that attend to hundreds of cached
+tokens cost several times a short-context decode, and a model fitted on short contexts
+extrapolates that badly); the decode batches include 2 (the 1-4 row floor).
 
 Each grid point is timed `repeats` times after a warm-up step, in each of `passes` passes over
 the whole grid; the sample is the median of all its timings.
-The fit (`sim.cost.profiled.fit_profile`) holds out every 5th point and reports its error.
+The fit (`sim.cost.profiled.fit_profile`) reports every form's held-out error.
 """
 
 from __future__ import annotations
@@ -29,9 +38,21 @@ from pathlib import Path
 from traces.timeline import plan_shape
 
 PREFILL_TOKENS = (16, 64, 128, 256)
-DECODE_BATCHES = (1, 4, 8, 16)
-CONTEXTS = (32, 256)
+DECODE_BATCHES = (1, 2, 4, 8, 16)
 MIXED_PREFILL = (16, 64, 192)
+HIT_PREFILL = (16, 128)
+DEFAULT_MAX_MODEL_LEN = 512
+# Tokens a decode grid point needs beyond its context: timed decodes, the mixed steps, slack.
+_DECODE_HEADROOM = 48
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def contexts_for(max_model_len: int) -> tuple[int, ...]:
+    """Decode / prefix-hit contexts from short to the longest a workload reaches."""
+    top = max(32, max_model_len - _DECODE_HEADROOM)
+    return tuple(sorted({32, max(32, top // 2), top}))
 
 
 @dataclass
@@ -51,9 +72,10 @@ def _sample(shape: tuple, seconds: float) -> dict:
 
 
 class _Profiler:
-    def __init__(self, engine, repeats: int) -> None:
+    def __init__(self, engine, repeats: int, clock=time.perf_counter) -> None:
         self.engine = engine
         self.repeats = repeats
+        self.clock = clock
         self.samples: list[dict] = []
         self.cvs: list[float] = []
         self.points: dict = {}
@@ -75,9 +97,9 @@ class _Profiler:
         return req.request_id
 
     def step(self):
-        t0 = time.perf_counter()
+        t0 = self.clock()
         plan, result = self.engine.step()
-        return plan, time.perf_counter() - t0
+        return plan, self.clock() - t0
 
     def collect(self, key, shapes_times: list[tuple[tuple, float]]) -> None:
         """Timings of one grid point from one pass (kept until `finish`)."""
@@ -85,17 +107,21 @@ class _Profiler:
 
     def finish(self) -> None:
         for key in list(self.points):
-            self.record(self.points.pop(key))
+            group = f"{key[0]}{key[1]}" if key[0] == "replay" else None
+            self.record(self.points.pop(key), group)
 
-    def record(self, shapes_times: list[tuple[tuple, float]]) -> None:
+    def record(self, shapes_times: list[tuple[tuple, float]], group: str | None = None) -> None:
         """One sample from repeated steps of (nearly) the same shape: median time, and the
-        shape of the step whose time is the median."""
+        shape of the step whose time is the median. `group`: the replay the steps belong to."""
         if not shapes_times:
             return
         times = [t for _, t in shapes_times]
         med = statistics.median(times)
         shape = min(shapes_times, key=lambda st: abs(st[1] - med))[0]
-        self.samples.append(_sample(shape, med))
+        sample = _sample(shape, med)
+        if group is not None:
+            sample["group"] = group
+        self.samples.append(sample)
         if len(times) > 1 and med > 0:
             self.cvs.append(statistics.pstdev(times) / statistics.mean(times))
 
@@ -112,14 +138,17 @@ class _Profiler:
         self.engine.reset_scheduler(**knobs)
 
 
-def profile_engine(engine, *, prefill_tokens=PREFILL_TOKENS, decode_batches=DECODE_BATCHES, contexts=CONTEXTS,
-                   mixed_prefill=MIXED_PREFILL, repeats: int = 2, passes: int = 2, max_chunks: int = 3,
-                   bursts: bool = True, progress: bool = True) -> _Profiler:
+def profile_engine(engine, *, prefill_tokens=PREFILL_TOKENS, decode_batches=DECODE_BATCHES, contexts=None,
+                   mixed_prefill=MIXED_PREFILL, hit_prefill=HIT_PREFILL, repeats: int = 2, passes: int = 2,
+                   max_chunks: int = 3, bursts: bool = True, progress: bool = True,
+                   clock=time.perf_counter) -> _Profiler:
     """The whole grid `passes` times, `repeats` timed steps per point per pass; a point's
     sample is the median over all its timings. Passes spread each point over the run, so a
     burst of load from another process slows every point a little instead of a few a lot."""
-    prof = _Profiler(engine, repeats)
-    total = (len(prefill_tokens) + len(contexts) * len(decode_batches) + int(bursts)) * passes
+    prof = _Profiler(engine, repeats, clock)
+    max_len = engine.scheduler_config.max_model_len
+    contexts = tuple(contexts or contexts_for(max_len))
+    total = (len(prefill_tokens) + len(contexts) * (len(decode_batches) + 1) + int(bursts)) * passes
     bar = None
     if progress:
         from tqdm import tqdm
@@ -127,8 +156,10 @@ def profile_engine(engine, *, prefill_tokens=PREFILL_TOKENS, decode_batches=DECO
         bar = tqdm(total=total, desc="calibrating", unit="point", file=sys.stderr)
     for _ in range(passes):
         _grid_pass(prof, prefill_tokens, decode_batches, contexts, mixed_prefill, repeats, max_chunks, bar)
+        _prefix_hit_pass(prof, contexts, hit_prefill, repeats, bar)
         if bursts:
             profile_bursts(prof)
+            profile_conversations(prof, max_model_len=max_len, max_num_seqs=max(decode_batches))
             if bar is not None:
                 bar.update(1)
     prof.finish()
@@ -200,6 +231,65 @@ def _grid_pass(prof, prefill_tokens, decode_batches, contexts, mixed_prefill, re
     prof.drain()
 
 
+def _prefix_hit_pass(prof, contexts, hit_prefill, repeats, bar) -> None:
+    """Prefill of P new tokens after a prefix-cache hit of C tokens (one request per step)."""
+    engine = prof.engine
+    bs = engine.scheduler_config.block_size
+    max_len = engine.scheduler_config.max_model_len
+    for c in contexts:
+        c = max(bs, c // bs * bs)  # whole blocks hit
+        prof.reset(enable_prefix_caching=True, enable_chunked_prefill=True, long_prefill_token_threshold=0,
+                   max_num_batched_tokens=max(max(hit_prefill), c) + 16, max_num_seqs=4)
+        prefix = prof.tokens(c)
+        prof.add(prefix + prof.tokens(1), 1)
+        while engine.has_unfinished_requests():
+            prof.step()  # fills the prefix cache
+        for p in hit_prefill:
+            if c + p + 2 > max_len:
+                continue
+            timed = []
+            for rep in range(repeats + 1):
+                prof.add(prefix + prof.tokens(p), 1)
+                plan, dt = prof.step()
+                while engine.has_unfinished_requests():
+                    prof.step()
+                if rep > 0:
+                    timed.append((plan_shape(plan), dt))
+            prof.collect(("hit", c, p), timed)
+        if bar is not None:
+            bar.update(1)
+    prof.drain()
+
+
+def profile_conversations(prof: _Profiler, *, max_model_len: int, sessions: int = 4, turns: int = 4,
+                          max_output: int = 16, max_num_seqs: int = 16, budget: int = 256,
+                          seed: int = 4321) -> None:
+    """A conversation-like replay: each session's turn t re-sends the whole history (a long
+    shared prefix: prefix-cache hits, prefill after a hit) plus a new message; contexts grow to
+    `max_model_len`. All turns are queued at once, in turn order, so decodes over long cached
+    contexts run beside prefill chunks, as in a busy conversation trace."""
+    import random
+
+    rng = random.Random(seed)
+    engine = prof.engine
+    prof.reset(enable_prefix_caching=True, enable_chunked_prefill=True, long_prefill_token_threshold=0,
+               max_num_batched_tokens=budget, max_num_seqs=max_num_seqs)
+    limit = max_model_len - max_output - 1
+    histories = [prof.tokens(rng.randint(limit // 8, limit // 3)) for _ in range(sessions)]
+    for _turn in range(turns):
+        for s in range(sessions):
+            message = prof.tokens(rng.randint(8, max(9, limit // (2 * turns))))
+            histories[s] = (histories[s] + message)[:limit]
+            prof.add(list(histories[s]), rng.randint(2, max_output))
+    step = 0
+    while engine.has_unfinished_requests():
+        plan, dt = prof.step()
+        if plan.scheduled:
+            prof.collect(("replay", "conversation", step, plan_shape(plan)), [(plan_shape(plan), dt)])
+            step += 1
+    prof.drain()
+
+
 def profile_bursts(prof: _Profiler, *, bursts: int = 1, requests: int = 16, max_prompt: int = 256,
                    max_output: int = 24, max_num_seqs: int = 8, budget: int = 256, seed: int = 1234) -> None:
     """Short engine runs: bursts of requests with random lengths, every step a sample. They
@@ -218,16 +308,23 @@ def profile_bursts(prof: _Profiler, *, bursts: int = 1, requests: int = 16, max_
         while engine.has_unfinished_requests():
             plan, dt = prof.step()
             if plan.scheduled:  # the same seed gives the same plans in every pass
-                prof.collect(("burst", burst, step, plan_shape(plan)), [(plan_shape(plan), dt)])
+                prof.collect(("replay", f"burst{burst}", step, plan_shape(plan)), [(plan_shape(plan), dt)])
                 step += 1
     prof.drain()
 
 
 def calibrate(model: str, out: str | Path, *, dtype: str = "fp32", block_size: int = 16, repeats: int = 2,
               quick: bool = False, progress: bool = True, device: str | None = None,
-              attention_backend: str = "torch", threads: int | None = None) -> CalibrationResult:
+              attention_backend: str = "torch", threads: int | None = None,
+              max_model_len: int = DEFAULT_MAX_MODEL_LEN, clock: str = "wall") -> CalibrationResult:
     """Profile `model` on this machine, fit the profiled cost model, save it to `out`.
-    `threads` sets torch's intra-op threads (the executor runs it predicts must use the same)."""
+    `threads` sets torch's intra-op threads (the executor runs it predicts must use the same);
+    `max_model_len` is the longest context the workloads it prices reach (the grid spans it).
+    `clock="cpu"` times steps in process CPU time instead of wall time: with one torch thread
+    that is the step's own cost, without the time it waited for a core on a busy machine (for
+    studying the cost model's form; replays measure wall time, so their profiles use "wall")."""
+    if clock not in CLOCKS:
+        raise ValueError(f"clock={clock!r}: choose one of {sorted(CLOCKS)}")
     _set_threads(threads)
     from executor.engine import LLMEngine
     from sim.cost.profiled import fit_profile
@@ -237,25 +334,28 @@ def calibrate(model: str, out: str | Path, *, dtype: str = "fp32", block_size: i
 
     t0 = time.perf_counter()
     model_dir = model_ref.executor_model_dir(model)
-    grid = dict(prefill_tokens=PREFILL_TOKENS, decode_batches=DECODE_BATCHES, contexts=CONTEXTS,
-                mixed_prefill=MIXED_PREFILL)
+    grid = dict(prefill_tokens=PREFILL_TOKENS, decode_batches=DECODE_BATCHES, contexts=contexts_for(max_model_len),
+                mixed_prefill=MIXED_PREFILL, hit_prefill=HIT_PREFILL)
     if quick:
-        grid = dict(prefill_tokens=(16, 32, 64), decode_batches=(1, 2, 4), contexts=(16, 64), mixed_prefill=(16,))
-    max_ctx = max(grid["contexts"]) + max(grid["mixed_prefill"]) + 64
-    max_model_len = max(max_ctx, max(grid["prefill_tokens"]) * 4 + 16)
+        max_model_len = min(max_model_len, 128)
+        grid = dict(prefill_tokens=(16, 32, 64), decode_batches=(1, 2, 4), contexts=(16, 64), mixed_prefill=(16,),
+                    hit_prefill=(16,))
+    max_model_len = max(max_model_len, max(grid["contexts"]) + _DECODE_HEADROOM,
+                        max(grid["prefill_tokens"]) * 4 + 16)
     engine = LLMEngine(model_dir, num_blocks=max(64, 4 * max_model_len // block_size + 8), block_size=block_size,
                        max_model_len=max_model_len, max_num_seqs=max(grid["decode_batches"]) + 1,
                        max_num_batched_tokens=max_model_len, attention_backend=attention_backend,
                        dtype=model_ref.TORCH_DTYPES[dtype], device=device, load_tokenizer=False)
     engine.warmup()
     prof = profile_engine(engine, repeats=repeats, passes=1 if quick else 2, bursts=not quick, progress=progress,
+                          clock=CLOCKS[clock],
                           **grid)
     env = environment(with_torch=True)
     hardware = {"name": "measured", "fingerprint": machine_fingerprint(), "cpu": env["cpu"],
                 "cpu_count": env["cpu_count"], "torch_threads": env.get("torch_threads"), "gpu": env.get("gpu"),
                 "loadavg_at_end": env.get("loadavg"),
                 "step_noise_cv_median": statistics.median(prof.cvs) if prof.cvs else None,
-                "attention_backend": attention_backend}
+                "attention_backend": attention_backend, "clock": clock}
     profile = fit_profile(prof.samples, model=model, hardware=hardware, dtype=dtype, weight_bits=16)
     path = profile.save(out)
     return CalibrationResult(path, profile.fit_report, len(prof.samples), time.perf_counter() - t0,
@@ -269,25 +369,28 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(int(threads))
 
 
-def cached_profile_path(model: str, dtype: str = "fp32", threads: int | None = None) -> Path:
-    """Where the calibrated profile of this machine + model + dtype (+ torch threads) + executor code is kept."""
+def cached_profile_path(model: str, dtype: str = "fp32", threads: int | None = None,
+                        max_model_len: int = DEFAULT_MAX_MODEL_LEN) -> Path:
+    """Where the calibrated profile of this machine + model + dtype (+ torch threads) + the
+    contexts it spans + executor code is kept."""
     _set_threads(threads)
     from experiments.environment import code_fingerprint, machine_fingerprint
     from experiments.model_ref import _cache_root
 
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in model.replace("/", "_"))[-60:]
-    return _cache_root() / "profiles" / f"{slug}-{dtype}-{machine_fingerprint()}-{code_fingerprint('executor')}.json"
+    return (_cache_root() / "profiles"
+            / f"{slug}-{dtype}-len{max_model_len}-{machine_fingerprint()}-{code_fingerprint('executor')}.json")
 
 
 def ensure_profile(model: str, dtype: str = "fp32", *, force: bool = False, progress: bool = True,
-                   echo=print, threads: int | None = None) -> Path:
+                   echo=print, threads: int | None = None, max_model_len: int = DEFAULT_MAX_MODEL_LEN) -> Path:
     """The cached profile for this machine, calibrating first when there is none."""
-    path = cached_profile_path(model, dtype, threads)
+    path = cached_profile_path(model, dtype, threads, max_model_len)
     if path.is_file() and not force:
         echo(f"using the cached calibration profile {path}")
         return path
     echo(f"calibrating {model} ({dtype}) on this machine -> {path}")
-    res = calibrate(model, path, dtype=dtype, progress=progress, threads=threads)
+    res = calibrate(model, path, dtype=dtype, progress=progress, threads=threads, max_model_len=max_model_len)
     echo(describe_result(res))
     return path
 

@@ -122,25 +122,29 @@ def _step_time_error(out: Path, sim_dir: str, exec_dirs: list[str]) -> dict:
         model = build_cost_model(desc)
     except (OSError, ValueError, KeyError):
         return {}
-    apes, ratios = [], []
+    from experiments import step_accounting as sa
+
+    apes, ratios, priced = [], [], []
     for d in exec_dirs:
         steps = pd.read_parquet(out / d / "steps.parquet")
-        if steps.empty:
+        run = sa.price_steps(steps, model, source=str(out / d / "steps.parquet"))
+        if run.empty:
             continue
-        dec_ctx = steps["sum_context_len"] - steps["sum_prefill_context_len"]
-        shapes = zip(steps["num_prefill_requests"], steps["num_prefill_tokens"], steps["num_decode_requests"],
-                     steps["sum_prefill_context_len"], dec_ctx, steps["prefill_attn_pairs"], steps["num_sampled"])
-        pred = pd.Series([model.time_for_shape(tuple(int(v) for v in sh)) for sh in shapes], index=steps.index)
-        real = steps["duration_s"]
-        if not (pred > 0).all() or not pred.map(math.isfinite).all():
-            row = int((~((pred > 0) & pred.map(math.isfinite))).to_numpy().nonzero()[0][0])
-            raise ComparisonError(f"{out / sim_dir}: the cost model predicts {pred.iloc[row]!r} s for step "
-                                  f"{steps['step_id'].iloc[row] if 'step_id' in steps else row} of {out / d}")
-        apes.append(float(((pred - real).abs() / real).mean()))
-        ratios.append(float(pred.sum() / real.sum()))
+        bad = run[~((run["predicted_s"] > 0) & run["predicted_s"].map(math.isfinite))]
+        if len(bad):
+            idx = bad.index[0]
+            step = bad["step_id"].iloc[0] if "step_id" in bad else idx
+            raise ComparisonError(f"{out / sim_dir}: the cost model predicts {bad['predicted_s'].iloc[0]!r} s for step "
+                                  f"{step} of {out / d}")
+        apes.append(float(run["ape"].mean()))
+        ratios.append(float(run["predicted_s"].sum() / run["duration_s"].sum()))
+        priced.append(run)
     if not apes:
         return {}
-    return {"step_mape": statistics.median(apes), "step_busy_ratio": statistics.median(ratios)}
+    by_class = sa.summarize(pd.concat(priced, ignore_index=True))["by_class"]
+    return {"step_mape": statistics.median(apes), "step_busy_ratio": statistics.median(ratios),
+            **{f"step_mape_{cls}": s["mape"] for cls, s in by_class.items()},
+            **{f"steps_{cls}": s["steps"] for cls, s in by_class.items()}}
 
 
 def compare(out_dir: str | Path) -> dict:
@@ -203,9 +207,16 @@ def compare(out_dir: str | Path) -> dict:
     spreads = [r["spread"] for r in rows if r["metric"] in HEADLINE and r["spread"] is not None]
     all_errs = [r["abs_error"] for r in rows if r["headline"] and r["abs_error"] is not None]
     step_mapes = [e["step_mape"] for e in per_variant if e.get("step_mape") is not None]
+    from experiments.step_accounting import SHAPE_CLASSES
+
+    by_class = {}
+    for cls in SHAPE_CLASSES:
+        vals = [e[f"step_mape_{cls}"] for e in per_variant if e.get(f"step_mape_{cls}") is not None]
+        by_class[cls] = statistics.median(vals) if vals else None
     headline = {
         "metrics": list(HEADLINE),
         "step_time_mape": statistics.median(step_mapes) if step_mapes else None,
+        "step_time_mape_by_class": by_class,
         "median_abs_error": statistics.median(headline_errs) if headline_errs else None,
         "max_abs_error": max(headline_errs) if headline_errs else None,
         "mape_all_headline_metrics": statistics.fmean(all_errs) if all_errs else None,

@@ -441,6 +441,10 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
                   f"**{pct(headline['median_abs_error'])}** (max {pct(headline['max_abs_error'])}); executor run-to-run "
                   f"spread (median) {pct(headline['median_run_to_run_spread'])}; cost-model error on the executor's own "
                   f"steps (median step MAPE) {pct(headline.get('step_time_mape'))}.\n")
+        by_class = headline.get("step_time_mape_by_class") or {}
+        if any(v is not None for v in by_class.values()):
+            md.append("Step MAPE by plan shape: " + ", ".join(f"{cls} {pct(v)}" for cls, v in by_class.items()
+                                                            if v is not None) + ".\n")
         for metric, r in comparison["rankings"].items():
             same = "" if r.get("same_order") is None else (" — same order" if r["same_order"] else " — different order")
             md.append(f"- ranking by {metric_name(metric).label}: Kendall tau = {fmt(r.get('tau'))}{same}")

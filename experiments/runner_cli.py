@@ -59,11 +59,17 @@ def _run_and_report(spec, out: Path, *, workers, ray, report: bool, profile_path
     return comparison
 
 
+def _spec_max_model_len(spec) -> int:
+    """The longest context any variant of the spec allows: the calibration grid spans it."""
+    return max(int(v.knobs["max_model_len"]) for v in spec.variants)
+
+
 def _profile_for(spec) -> str | None:
     if spec.cost_model == "calibrated" and "sim" in spec.engines:
         from experiments.calibrate import ensure_profile
 
-        return str(ensure_profile(spec.model, spec.dtype, echo=click.echo, threads=spec.executor.get("threads")))
+        return str(ensure_profile(spec.model, spec.dtype, echo=click.echo, threads=spec.executor.get("threads"),
+                                  max_model_len=_spec_max_model_len(spec)))
     return None
 
 
@@ -117,14 +123,19 @@ def run(spec_path, out, workers, ray, engines, cost_model, report, arrival_mode)
               help="Timed repeats per grid point and pass (two passes; the sample is the median).")
 @click.option("--quick", is_flag=True, help="A tiny grid (for smoke tests).")
 @click.option("--threads", type=int, default=None, help="torch threads (use the same as the executor runs).")
-def calibrate(model, out, dtype, repeats, quick, threads):
+@click.option("--max-model-len", type=int, default=512, show_default=True,
+              help="The longest context the workloads reach: the grid's contexts span it.")
+@click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
+              help="Time steps in wall time (what replays measure) or process CPU time (a busy machine's waits left out).")
+def calibrate(model, out, dtype, repeats, quick, threads, max_model_len, clock):
     """Profile the executor's step time on this machine and fit the simulator's cost model."""
     from experiments.calibrate import cached_profile_path, calibrate as do_calibrate, describe_result
     from sim.cost.profiled import ProfiledCostModel, format_fit_report
 
-    path = Path(out) if out else cached_profile_path(model, dtype, threads)
+    path = Path(out) if out else cached_profile_path(model, dtype, threads, max_model_len)
     try:
-        res = do_calibrate(model, path, dtype=dtype, repeats=repeats, quick=quick, threads=threads)
+        res = do_calibrate(model, path, dtype=dtype, repeats=repeats, quick=quick, threads=threads,
+                           max_model_len=max_model_len, clock=clock)
     except (ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from None
     click.echo(format_fit_report(ProfiledCostModel.load(res.profile_path)))
@@ -193,7 +204,7 @@ def demo(trace_path, trace_format, out, spec_path, num_requests, rate_scale, rec
         click.echo(f"[2/4] calibrating the simulator ({spec.model}, {spec.dtype})")
         t_cal = time.perf_counter()
         profile = ensure_profile(spec.model, spec.dtype, force=recalibrate, echo=lambda m: click.echo("      " + m),
-                                 threads=spec.executor.get("threads"))
+                                 threads=spec.executor.get("threads"), max_model_len=_spec_max_model_len(spec))
         click.echo(f"      {time.perf_counter() - t_cal:.0f} s")
         click.echo(f"[3/4] running {len(spec.variants)} variant(s) in {', '.join(spec.engines)}")
         out_dir = Path(out)

@@ -67,3 +67,31 @@ def test_backend_names_are_checked():
 def test_block_table_too_short_is_an_error():
     with pytest.raises(ValueError, match="cannot hold"):
         build_step_inputs([([1] * 5, 0, [0])], [True], 4, torch.device("cpu"))
+
+
+def _decode_case(seed: int, contexts: list[int], heads=6, kv_heads=2, dim=16, block_size=4, num_blocks=96):
+    gen = torch.Generator().manual_seed(seed)
+    free = torch.randperm(num_blocks, generator=gen).tolist()
+    rows = [([1], c, [free.pop() for _ in range(-(-(c + 1) // block_size))]) for c in contexts]
+    inputs = build_step_inputs(rows, [True] * len(rows), block_size, torch.device("cpu"))
+    k_cache = torch.randn(num_blocks, block_size, kv_heads, dim, generator=gen)
+    v_cache = torch.randn(num_blocks, block_size, kv_heads, dim, generator=gen)
+    n = inputs.meta.num_tokens
+    return (inputs, torch.randn(n, heads, dim, generator=gen), torch.randn(n, kv_heads, dim, generator=gen),
+            torch.randn(n, kv_heads, dim, generator=gen), k_cache, v_cache)
+
+
+def test_decode_gathers_reuse_one_workspace_across_steps_and_stay_exact():
+    # The gathered K/V go into buffers the backend keeps (no per-step allocation, whose page
+    # faults made identical steps take different times); reusing them must not change results.
+    backend = get_backend("torch", "cpu")
+    ptrs = []
+    for seed, contexts in ((2, [30, 7, 19]), (3, [12, 3]), (4, [40, 25, 33, 2])):
+        inputs, q, k, v, kc, vc = _decode_case(seed, contexts)
+        meta = inputs.meta
+        out = backend.forward(q, k, v, kc, vc, meta, scale=0.25)
+        ref = paged_attention_reference(q, kc, vc, meta.block_tables, meta.seq_lens, meta.query_start_loc, 0.25)
+        torch.testing.assert_close(out, ref.to(out.dtype), rtol=1e-5, atol=1e-5)
+        ptrs.append(backend._workspace._bufs[("k", kc.dtype, kc.device)].data_ptr())
+    # the second step needs less than the first: same buffer; the third needs more: it grows once
+    assert ptrs[0] == ptrs[1]

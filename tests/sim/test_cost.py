@@ -13,7 +13,7 @@ from policy import SchedulerConfig
 from sim import simulate
 from sim.cost import ConstantCostModel
 from sim.cost.registry import build_cost_model
-from sim.cost.profiled import FEATURES, ProfiledCostModel, fit_profile
+from sim.cost.profiled import FEATURES, LINEAR, ProfiledCostModel, fit_profile, sample_shape
 from sim.cost.roofline import RooflineCostModel
 from tests.sim.conftest import make_request
 
@@ -135,7 +135,8 @@ def test_fit_recovers_known_coefficients_and_reports_holdout():
     for name in FEATURES:
         assert model.coefficients[name] == pytest.approx(TRUE.get(name, 0.0), rel=1e-6, abs=1e-12)
     fit = model.fit_report
-    assert fit["n_holdout"] == 120 // 5 and fit["holdout_mape"] < 1e-6
+    # 5 interleaved folds: every sample is held out once; exact linear data keeps the linear form
+    assert fit["n_holdout"] == 120 and fit["holdout_mape"] < 1e-6 and fit["form"] == "linear"
     noisy = fit_profile(_synthetic_samples(TRUE, noise=0.05, seed=1))
     assert 0.01 < noisy.fit_report["holdout_mape"] < 0.1
     assert all(v >= 0 for v in noisy.coefficients.values())
@@ -181,3 +182,75 @@ def test_fit_on_engine_step_records_recovers_the_engine_cost_model():
     again = simulate([make_request(f"r{i}", 5 + 37 * i % 200, 1 + 13 * i % 30, 0.002 * i, base=1000 * i)
                       for i in range(60)], SchedulerConfig(num_blocks=500, max_num_batched_tokens=256), fitted)
     assert again.summary["makespan_s"] == pytest.approx(res.summary["makespan_s"], rel=1e-9)
+
+
+def _floored_seconds(shape: tuple) -> float:
+    n_pre, pre_tok, n_dec, pre_ctx, dec_ctx, pairs, n_sampled = shape
+    rows = pre_tok + n_dec
+    return (0.040 + 0.004 * max(0, rows - 4) + 2e-4 * (n_pre + n_dec) + 4e-6 * dec_ctx
+            + 3e-6 * (pre_ctx - pre_tok) + 2e-9 * pairs + 1e-3 * max(0, n_sampled - 8))
+
+
+def _floor_samples(n_replays: int = 4, steps: int = 40, noise: float = 0.01, seed: int = 3) -> list[dict]:
+    """Steps of a CPU-like executor: the linear layers cost the same for 1-4 rows (weights are
+    streamed once), decodes read their context, chunks after a prefix hit gather theirs, and
+    the LM head is one pass for up to 8 sampled rows. Grouped as replays."""
+    rng = random.Random(seed)
+    seconds = _floored_seconds
+    out = []
+    for g in range(n_replays):
+        for _ in range(steps):
+            n_dec = rng.choice([0, 1, 2, 3, 4, 6, 8, 16])
+            pre = rng.choice([0, 0, 0, 16, 64, 200]) if n_dec else rng.choice([16, 64, 200])
+            cached = rng.choice([0, 0, 128, 480]) if pre else 0
+            ctx = rng.randint(32, 900)
+            n_pre = 1 if pre else 0
+            shape = (n_pre, pre, n_dec, cached + pre, n_dec * ctx, pre * cached + pre * (pre + 1) // 2, n_dec + n_pre)
+            secs = seconds(shape) * (1 + noise * rng.gauss(0, 1))
+            out.append({"num_prefill_requests": n_pre, "num_prefill_tokens": pre, "num_decode_requests": n_dec,
+                        "sum_prefill_context_len": shape[3], "sum_context_len": shape[3] + shape[4],
+                        "prefill_attn_pairs": shape[5], "num_sampled": shape[6], "measured_s": secs,
+                        "group": f"replay{g}"})
+    return out
+
+
+def test_cross_validation_rejects_a_linear_in_rows_model_for_a_floored_executor():
+    samples = _floor_samples()
+    linear = fit_profile(samples, forms=(LINEAR,))
+    chosen = fit_profile(samples)
+    fit = chosen.fit_report
+    assert fit["cv_scheme"].startswith("leave-one-replay-out (4")
+    assert fit["form"] == chosen.form.name != "linear"
+    assert chosen.form.gemm_floor in (2, 4, 8)
+    # the linear form cannot follow the flat 1-4 row cost: its held-out error is several times larger
+    assert fit["cv"]["linear"] > 3 * fit["holdout_mape"]
+    assert linear.fit_report["holdout_mape"] > 0.03 and fit["holdout_mape"] < 0.015
+    # the floor: 1-4 decode rows priced within 3 % of the truth, where the linear form is not
+    for batch in (1, 2, 3, 4):
+        true = _floored_seconds(decode_shape(batch, 300))
+        assert chosen.time_for_shape(decode_shape(batch, 300)) == pytest.approx(true, rel=0.03)
+    assert max(abs(linear.time_for_shape(decode_shape(b, 300)) / _floored_seconds(decode_shape(b, 300)) - 1)
+               for b in (1, 2, 3, 4)) > 0.05
+
+
+def test_floor_profile_round_trips_and_old_profiles_still_load(tmp_path):
+    model = fit_profile(_floor_samples())
+    back = ProfiledCostModel.load(model.save(tmp_path / "p.json"))
+    assert back.form == model.form and back.coefficients == model.coefficients
+    assert back.time_for_shape(decode_shape(5, 321)) == pytest.approx(model.time_for_shape(decode_shape(5, 321)))
+    # the fast pricer is the form's feature vector dotted with the coefficients
+    for sample in _floor_samples(n_replays=1, steps=30, seed=9):
+        shape = sample_shape(sample)
+        dot = sum(model.coefficients[f] * v for f, v in zip(model.form.features, model.form.vector(shape)))
+        assert model.time_for_shape(shape) == pytest.approx(dot, rel=1e-12)
+    data = json.loads((tmp_path / "p.json").read_text())
+    assert data["version"] == 2 and data["form"]["name"] == model.form.name and data["samples"][0]["group"] == "replay0"
+    v1 = fit_profile(_synthetic_samples(TRUE), forms=(LINEAR,)).to_dict()
+    v1["version"] = 1
+    del v1["form"]
+    (tmp_path / "v1.json").write_text(json.dumps(v1))
+    assert ProfiledCostModel.load(tmp_path / "v1.json").form is LINEAR
+    data["features"] = list(FEATURES)
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="features"):
+        ProfiledCostModel.load(tmp_path / "bad.json")
