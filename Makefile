@@ -31,7 +31,7 @@ demo: $(STAMP)
 	$(BIN)/folovllm demo $(if $(TRACE),--trace $(TRACE),)
 
 bench: $(STAMP)
-	$(BIN)/python -m experiments.bench_policy
+	$(BIN)/python -m experiments.bench.policy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -16,13 +16,13 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("executor.cli:replay", "Replay a trace in real time through the real engine."),
     "quantize": ("executor.gptq.cli:quantize", "Quantize a model to GPTQ 4-bit."),
     "eval": ("executor.gptq.cli:eval_group", "Quality checks: perplexity, KL divergence."),
-    "run": ("experiments.runner_cli:run", "Run an experiment spec in the simulator and/or the executor."),
-    "calibrate": ("experiments.runner_cli:calibrate", "Profile the executor and fit the simulator's cost model."),
-    "report": ("experiments.runner_cli:report", "Write the HTML + Markdown report of a results folder."),
-    "demo": ("experiments.runner_cli:demo", "The main job: calibrate, simulate, execute and report a small sweep."),
-    "fidelity": ("experiments.fidelity:fidelity", "Simulator vs executor at four loads on synthetic and real traces."),
+    "run": ("experiments.run.commands:run", "Run an experiment spec in the simulator and/or the executor."),
+    "calibrate": ("experiments.run.commands:calibrate", "Profile the executor and fit the simulator's cost model."),
+    "report": ("experiments.run.commands:report", "Write the HTML + Markdown report of a results folder."),
+    "demo": ("experiments.run.commands:demo", "The main job: calibrate, simulate, execute and report a small sweep."),
+    "fidelity": ("experiments.run.fidelity:fidelity", "Simulator vs executor at four loads on synthetic and real traces."),
     "cost": ("sim.cost_cli:cost", "Check a cost model against measured operator profiles (cost validate)."),
-    "profile": ("experiments.profile_ops:profile", "Time the executor's layer operators over a token grid (ops.csv)."),
+    "profile": ("experiments.run.profile_ops:profile", "Time the executor's layer operators over a token grid (ops.csv)."),
 }
 
 

@@ -39,7 +39,7 @@ def test_sim_help_lists_every_knob():
 
 
 def test_the_spec_schema_takes_every_knob_with_the_config_default():
-    from experiments.spec import DEFAULT_KNOBS, SCHEDULER_KNOBS
+    from experiments.run.spec import DEFAULT_KNOBS, SCHEDULER_KNOBS
 
     assert set(SCHEDULER_KNOBS) == set(KNOB_NAMES)
     assert {k: DEFAULT_KNOBS[k] for k in KNOB_NAMES if k != "num_blocks"} == \
@@ -47,7 +47,7 @@ def test_the_spec_schema_takes_every_knob_with_the_config_default():
 
 
 def test_the_spec_refuses_a_knob_the_config_does_not_have(tmp_path):
-    from experiments.spec import SpecError, load_spec
+    from experiments.run.spec import SpecError, load_spec
 
     path = tmp_path / "s.yaml"
     path.write_text("name: x\ntrace: {preset: poisson, params: {num_requests: 4}}\nmodel: llama-3-8b\n"
@@ -61,7 +61,7 @@ def test_the_engine_takes_every_knob_with_the_config_default(tmp_path):
     from executor.attention.registry import BACKEND_NAMES
     from executor.engine import LLMEngine, split_knobs
     from executor.models_registry import write_random_model
-    from experiments.spec import ATTENTION_BACKENDS
+    from experiments.run.spec import ATTENTION_BACKENDS
 
     sched, exe = split_knobs(dict(DEFAULTS))
     assert sched == DEFAULTS and exe == {}

@@ -5,7 +5,7 @@
 * ``triton_w4a16``: ``w4a16_matmul``, fused GPTQ int4 dequant + matmul for decode-sized M.
 * ``reference``: the same maths in plain torch; the tests' oracle and a CPU fallback.
 * ``compile_check``: compiles the exact launches above for sm_80/sm_90 without a GPU
-  (``python -m executor.kernels.compile_check``); ``experiments/bench_kernels.py`` times them on one.
+  (``python -m executor.kernels.compile_check``); ``experiments/bench/kernels.py`` times them on one.
 
 Importing this package does not import Triton; the kernel modules do. On a machine without CUDA the
 kernels only run with ``TRITON_INTERPRET=1`` set before Triton is first imported.

@@ -123,7 +123,7 @@ def _largest_pow2_divisor(n: int, cap: int) -> int:
 
 #: How the kernel expands packed words: "reshape" loads every int32 word once and unpacks it in
 #: registers; "rows" loads word k // 8 for every row k (8 redundant loads per word, served by L1).
-#: Both are exact; which is faster on a given GPU is measured by experiments/bench_kernels.py.
+#: Both are exact; which is faster on a given GPU is measured by experiments/bench/kernels.py.
 DEFAULT_UNPACK = "reshape"
 
 

@@ -227,7 +227,7 @@ def test_run_and_replay_report_a_corrupted_checkpoint_in_one_line(copy_of, tmp_p
     import yaml
 
     from executor.cli import replay
-    from experiments.runner_cli import run
+    from experiments.run.commands import run
 
     model = copy_of("plain")
     _random_bytes_in_data(model)

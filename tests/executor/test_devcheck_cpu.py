@@ -1,4 +1,4 @@
-"""The Python stages `experiments/gpu_check.sh` calls, run on CPU with a tiny shape, so the
+"""The Python stages `experiments/bench/gpu_check.sh` calls, run on CPU with a tiny shape, so the
 device run cannot fail on a typo; and the decode roofline reproduces the reference bounds."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from executor import devcheck
+from experiments.bench import devcheck
 from executor.config import ModelConfig
 from executor.models_registry import SHAPES
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.bench_executor import predicted_cpu_ms
-from experiments.bench_gptq import parse_config
+from experiments.bench.executor import predicted_cpu_ms
+from experiments.bench.gptq import parse_config
 
 
 def test_gptq_bench_configs_parse_into_quantize_settings():

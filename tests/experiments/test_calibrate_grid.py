@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from experiments.calibrate import _DECODE_HEADROOM, contexts_for
-from experiments.cost_model_heldout import in_short_grid
+from experiments.run.calibrate import _DECODE_HEADROOM, contexts_for
+from experiments.analysis.cost_model_heldout import in_short_grid
 
 
 def test_contexts_span_max_model_len():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from experiments.compare import compare, kendall_tau
+from experiments.analysis.compare import compare, kendall_tau
 
 
 def brute_tau_b(x, y):
@@ -99,7 +99,7 @@ def test_compare_without_both_engines_is_empty(tmp_path):
 # issue 17: "the simulator and the comparison refuse NaN durations" (pandas means skip NaN silently).
 @pytest.mark.parametrize("bad", [float("nan"), 0.0, -1.0, float("inf")])
 def test_compare_refuses_non_finite_or_non_positive_step_durations(tmp_path, bad):
-    from experiments.compare import ComparisonError
+    from experiments.analysis.compare import ComparisonError
 
     jobs = []
     for engine in ("sim", "executor"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from experiments.environment import source_fingerprint
+from experiments.run.environment import source_fingerprint
 
 
 def test_source_fingerprint_changes_with_the_code_and_only_with_it(tmp_path):
@@ -25,7 +25,7 @@ def test_package_fingerprints_follow_their_source_and_reject_unknown_names():
     import executor
     import pytest
 
-    from experiments.environment import code_fingerprint
+    from experiments.run.environment import code_fingerprint
 
     assert code_fingerprint("executor") == code_fingerprint("executor")
     assert code_fingerprint("executor") != code_fingerprint("sim")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from experiments.profile_ops import profile
+from experiments.run.profile_ops import profile
 from sim.cost.profiles import load_attention_profile, load_op_profile
 from sim.cost.layer_ops import LAYER_OPS
 

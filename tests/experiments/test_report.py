@@ -15,9 +15,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from experiments.report import write_report
-from experiments.runner import run_spec
-from experiments.spec import load_spec
+from experiments.analysis.report import write_report
+from experiments.run.runner import run_spec
+from experiments.run.spec import load_spec
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -57,7 +57,7 @@ def test_report_html_and_markdown(sim_results):
 
 
 def test_report_cli_on_a_folder_that_is_not_results(tmp_path):
-    from experiments.runner_cli import report
+    from experiments.run.commands import report
 
     result = CliRunner().invoke(report, [str(tmp_path)])
     assert result.exit_code != 0 and "not a results folder" in result.output
@@ -98,8 +98,8 @@ def test_report_renders_in_headless_chromium(sim_results, tmp_path):
     """At 1400 px (issue 17's screenshot width): every summary column is on the page without
     scrolling, the legend explains error and spread, the load warning sits at the top beside the
     headline, and a cell outside the fidelity bar is marked."""
-    from experiments.report import SUMMARY_COLUMNS, summary_frame
-    from experiments.compare import load_runs
+    from experiments.analysis.report import SUMMARY_COLUMNS, summary_frame
+    from experiments.analysis.compare import load_runs
 
     out = _demo_like(sim_results, tmp_path)
     html_path, md_path = write_report(out)
@@ -149,8 +149,8 @@ def test_report_renders_in_headless_chromium(sim_results, tmp_path):
 def test_no_empty_preemption_chart_and_readable_log_ticks(sim_results):
     """No run preempted: no preemptions chart (issue 17 saw an empty one). The CDF axes get
     several labelled ticks even when the data spans less than a decade."""
-    from experiments.compare import load_runs
-    from experiments.report import _colors, _plt, fig_prefix_preemptions, log_axis_ticks
+    from experiments.analysis.compare import load_runs
+    from experiments.analysis.report import _colors, _plt, fig_prefix_preemptions, log_axis_ticks
 
     runs = load_runs(sim_results)
     assert int(runs["num_preemptions"].sum()) == 0
@@ -171,7 +171,7 @@ def test_no_empty_preemption_chart_and_readable_log_ticks(sim_results):
 def test_sim_and_executor_end_to_end(tmp_path, monkeypatch):
     """Calibrate a tiny random model, replay one trace through both engines, compare, report."""
     monkeypatch.setenv("FOLOVLLM_CACHE", str(tmp_path / "cache"))
-    from experiments.runner_cli import calibrate, run
+    from experiments.run.commands import calibrate, run
 
     profile = tmp_path / "profile.json"
     res = CliRunner().invoke(calibrate, ["--model", "random:tiny-qwen2", "--out", str(profile), "--quick",

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments.runner import plan_jobs, run_spec
-from experiments.spec import SpecError, load_spec
+from experiments.run.runner import plan_jobs, run_spec
+from experiments.run.spec import SpecError, load_spec
 
 
 def sim_spec(tmp_path: Path, **over) -> Path:
@@ -88,7 +88,7 @@ def test_keys_cover_the_inputs(tmp_path):
 
 def test_a_change_to_the_engine_code_reruns(tmp_path, monkeypatch):
     """Results measured or priced by older code are not reused (e.g. after a faster kernel lands)."""
-    import experiments.runner as runner
+    import experiments.run.runner as runner
 
     before = {j.key for j in plan_jobs(load_spec(sim_spec(tmp_path)))}
     monkeypatch.setattr(runner, "code_fingerprint", lambda *packages: "changed")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments.runner import plan_jobs, run_spec
-from experiments.spec import SpecError, load_spec, parse_spec
+from experiments.run.runner import plan_jobs, run_spec
+from experiments.run.spec import SpecError, load_spec, parse_spec
 
 SPECS = Path(__file__).resolve().parents[2] / "experiments" / "specs"
 
@@ -136,7 +136,7 @@ def test_run_prints_full_variant_names(tmp_path):
     """issue 17: the CLI cut names at 28 characters, so grid rows looked identical."""
     from click.testing import CliRunner
 
-    from experiments.runner_cli import run
+    from experiments.run.commands import run
 
     spec = base_spec(variants=[{"name": "continuous-batching-with-prefix-cache"}],
                      grid={"max_num_batched_tokens": [256, 512]})

@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from experiments.compare import compare
-from experiments.step_accounting import SHAPE_CLASSES, account, account_runs, price_steps, shape_class
+from experiments.analysis.compare import compare
+from experiments.analysis.step_accounting import SHAPE_CLASSES, account, account_runs, price_steps, shape_class
 from sim.cost.base import ConstantCostModel
 from traces.metrics import steps_table
 from traces.timeline import StepRecord

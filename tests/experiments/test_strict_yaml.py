@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from experiments.runner_cli import run
-from experiments.spec import SpecError, load_spec
-from experiments.strict_yaml import DuplicateKeyError, load_yaml_text
+from experiments.run.commands import run
+from experiments.run.spec import SpecError, load_spec
+from experiments.run.strict_yaml import DuplicateKeyError, load_yaml_text
 
 SPEC = """\
 name: dup

@@ -12,9 +12,9 @@ import yaml
 from click.testing import CliRunner
 
 import traces
-from experiments.runner_cli import run
-from experiments.spec import SpecError, load_spec
-from experiments.workload import load_table
+from experiments.run.commands import run
+from experiments.run.spec import SpecError, load_spec
+from experiments.run.workload import load_table
 from sim.cli import sim
 from traces.cli import trace
 

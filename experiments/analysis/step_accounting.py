@@ -14,7 +14,7 @@ Classes (exclusive, from the plan shape a step record stores):
 - `mixed`: fresh prefill chunks beside decodes;
 - `decode-only`.
 
-`python -m experiments.step_accounting RUN_DIR_OR_STEPS.parquet [...] --profile PROFILE.json`
+`python -m experiments.analysis.step_accounting RUN_DIR_OR_STEPS.parquet [...] --profile PROFILE.json`
 prints the table; `account(steps, model)` returns it as data.
 """
 

@@ -2,7 +2,7 @@
 Llama-3-8B / H100 roofline model and print wall time (median of a few runs), CPU time,
 simulated requests/s and steps/s of wall time.
 
-    python -m experiments.bench_sim [--repeats 3] [--limit N] [--profile]
+    python -m experiments.bench.sim [--repeats 3] [--limit N] [--profile]
 
 Falls back to the generated "azure-conv-like" preset when ../shared/traces is absent (and
 says so). `--profile` runs cProfile once and prints where the time goes, per layer and per
@@ -22,9 +22,10 @@ from pathlib import Path
 import traces
 from policy import SchedulerConfig
 from sim import get_hardware, get_model_shape, kv_blocks_for, simulate
+from experiments.shared_data import azure_conv_trace
 from sim.cost.roofline import RooflineCostModel
 
-AZURE_CONV = Path(__file__).resolve().parents[1].parent / "shared" / "traces" / "azure-2023-conv" / "AzureLLMInferenceTrace_conv.csv"
+AZURE_CONV = azure_conv_trace()
 MODEL, HARDWARE = "llama-3-8b", "h100-sxm"
 
 

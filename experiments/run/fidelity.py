@@ -28,13 +28,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments import compare as compare_mod
+from experiments.analysis import compare as compare_mod
 
 LOADS = (0.25, 0.5, 0.75, 0.9)
 METRICS = tuple(f"{m}_{q}_s" for m in ("ttft", "tpot", "itl", "e2el") for q in ("p50", "p90", "p99")) + \
     ("output_throughput",)
 BAR_METRICS = tuple(m for m in METRICS if "_p99_" not in m)  # the bar is on p50, p90 and throughput
-SHARED_TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
 
 
 @dataclass
@@ -69,10 +68,9 @@ class ProtocolConfig:
 
 
 def default_trace_path(name: str) -> Path | None:
-    candidates = {
-        "azure": SHARED_TRACES / "azure-2023-conv" / "AzureLLMInferenceTrace_conv.csv",
-        "mooncake": SHARED_TRACES / "mooncake-conversation" / "conversation_trace_0-45min.jsonl",
-    }
+    from experiments.shared_data import azure_conv_trace, mooncake_conv_trace
+
+    candidates = {"azure": azure_conv_trace(), "mooncake": mooncake_conv_trace()}
     path = candidates.get(name)
     return path if path is not None and path.is_file() else None
 
@@ -114,10 +112,10 @@ def find_capacity(cfg: ProtocolConfig, wl: Workload, profile: str) -> tuple[floa
     """(capacity in requests/s, the trace's own arrival rate), both from the simulator: the
     capacity is the finished-request rate when every request arrives at once, under the
     protocol's first variant (prefix caching as listed first, smallest chunk)."""
-    from experiments.runner import build_cost_model, cost_model_desc, resolve_num_blocks
-    from experiments.spec import parse_spec
-    from experiments.workload import build_workload
-    from experiments import model_ref
+    from experiments.run.runner import build_cost_model, cost_model_desc, resolve_num_blocks
+    from experiments.run.spec import parse_spec
+    from experiments.run.workload import build_workload
+    from experiments.run import model_ref
     from sim import simulate
 
     spec = parse_spec(_spec_dict(cfg, wl, None))
@@ -235,7 +233,7 @@ def headline(rows: list[dict]) -> dict:
 
 def machine_load_warning(out_dirs: list[Path], calibration_load: float | None, cores: int) -> str | None:
     """A warning when executor runs started on a busier machine than calibration saw."""
-    from experiments import results
+    from experiments.run import results
 
     loads = []
     for out in out_dirs:
@@ -357,9 +355,9 @@ def plot(rows: list[dict], path: Path) -> Path | None:
 
 def run_protocol(cfg: ProtocolConfig, out_dir: str | Path, *, echo=print) -> dict:
     """Run (or resume) the whole protocol; writes fidelity.md / .json / .csv / .png in out_dir."""
-    from experiments.calibrate import ensure_profile
-    from experiments.runner import run_spec
-    from experiments.spec import parse_spec
+    from experiments.run.calibrate import ensure_profile
+    from experiments.run.runner import run_spec
+    from experiments.run.spec import parse_spec
     from traces.files import atomic_write_json, atomic_write_text
     from traces.metrics import write_table
 

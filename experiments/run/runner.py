@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from experiments import model_ref, results
-from experiments.environment import code_fingerprint, machine_fingerprint
+from experiments.run import model_ref, results
+from experiments.run.environment import code_fingerprint, machine_fingerprint
 from policy.utils import cdiv
 from sim.models import check_max_model_len
-from experiments.spec import ExperimentSpec, SpecError, Variant, canonical_json, file_digest
+from experiments.run.spec import ExperimentSpec, SpecError, Variant, canonical_json, file_digest
 
 RESULTS_VERSION = 1
 DEFAULT_CPU_KV_MIB = 512  # the executor's own default on a CPU
@@ -154,7 +154,7 @@ def plan_jobs(spec: ExperimentSpec, *, profile_path: str | None = None) -> list[
     except (ValueError, FileNotFoundError, KeyError) as exc:
         raise SpecError(f"{spec.source}: model: {exc}") from None
     _check_executor(spec)
-    from experiments.workload import load_table
+    from experiments.run.workload import load_table
 
     for seed in spec.seeds:  # the trace itself: file format, preset parameters, transforms
         try:
@@ -228,7 +228,7 @@ def run_sim_payload(payload: dict) -> str:
     """One simulation, start to finish; picklable (runs in a worker process or on Ray)."""
     from policy import SchedulerConfig
     from sim import simulate
-    from experiments.workload import build_workload
+    from experiments.run.workload import build_workload
 
     sched = SchedulerConfig(**payload["scheduler"])
     shape = model_ref.model_shape(payload["model"])
@@ -286,7 +286,7 @@ class ExecutorPool:
         return engine
 
     def run(self, job: Job, out_dir: Path) -> Path:
-        from experiments.workload import build_workload
+        from experiments.run.workload import build_workload
 
         engine = self.engine_for(job)
         engine.reset_scheduler(**scheduler_kwargs(job))
@@ -347,7 +347,7 @@ def run_spec(
                                "variants": [{"name": v.name, "knobs": v.knobs} for v in spec.variants]},
                               out / "spec.json")
     results.write_json_atomic({"jobs": [j.index_row() for j in jobs]}, out / "index.json")
-    from experiments.environment import environment
+    from experiments.run.environment import environment
 
     results.write_json_atomic(environment(), out / "environment.json")
 

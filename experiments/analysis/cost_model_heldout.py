@@ -1,11 +1,11 @@
 """How well do cost models price executor steps they were not fitted on?
 
-`python -m experiments.cost_model_heldout --profile PROFILE.json RUN_DIR [RUN_DIR ...]`
+`python -m experiments.analysis.cost_model_heldout --profile PROFILE.json RUN_DIR [RUN_DIR ...]`
 
 PROFILE is a calibration profile (`python -m experiments.cli calibrate ... --out PROFILE.json`);
 each RUN_DIR is an executor run (a folder with steps.parquet, e.g. `results/<spec>/runs/executor-*`)
 of a workload the calibration never saw. Three models are fitted from the profile's samples and
-priced on the runs' steps with `experiments.step_accounting`, per plan-shape class:
+priced on the runs' steps with `experiments.analysis.step_accounting`, per plan-shape class:
 
 - `linear, short grid`: the previous model — linear in rows — fitted on the samples the
   previous calibration grid also measured (contexts up to 300 tokens, decode batches 1/4/8/16,
@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from experiments import step_accounting as sa
+from experiments.analysis import step_accounting as sa
 
 OLD_DECODE_BATCHES = (1, 4, 8, 16)
 OLD_MIXED_BATCHES = (1, 8, 16)

@@ -15,7 +15,7 @@ Cases
   dense 16-bit weight and vs dequantize + mm, for Qwen2.5-0.5B and Qwen2.5-7B layer shapes at
   decode-ish M; reported as time and packed-weight bandwidth.
 
-Usage: ``python -m experiments.bench_kernels [--quick] [--repeats 50] [--out results.json]``
+Usage: ``python -m experiments.bench.kernels [--quick] [--repeats 50] [--out results.json]``
 """
 
 from __future__ import annotations

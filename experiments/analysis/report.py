@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments import compare as compare_mod
-from experiments import results
-from experiments.metric_names import header, metric_name, scaled
+from experiments.analysis import compare as compare_mod
+from experiments.run import results
+from experiments.analysis.metric_names import header, metric_name, scaled
 
 # Key columns first (pinned when the table scrolls), then metrics; headers come from metric_names.
 ID_COLUMNS = [("variant", "variant"), ("engine", "engine"), ("seed", "seed"), ("repeat", "rep")]

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import yaml
 
-from experiments.strict_yaml import DuplicateKeyError, NotTextError, load_yaml_file
+from experiments.run.strict_yaml import DuplicateKeyError, NotTextError, load_yaml_file
 from policy.config import DEFAULT_MAX_MODEL_LEN, SchedulerConfig
 
 ENGINES = ("sim", "executor")
@@ -388,7 +388,7 @@ def _check_knobs(where: str, knobs: dict) -> None:
 def _model_positions(model: str) -> int | None:
     """The model's max positions (to resolve an unset max_model_len), or None if unknown here."""
     try:
-        from experiments.model_ref import model_shape
+        from experiments.run.model_ref import model_shape
 
         return model_shape(model).max_position_embeddings
     except Exception:  # an unprepared or unusual model: the engines resolve it themselves

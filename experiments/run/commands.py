@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-DEMO_SPEC = Path(__file__).parent / "specs" / "demo.yaml"
+DEMO_SPEC = Path(__file__).resolve().parents[1] / "specs" / "demo.yaml"
 
 
 def _fail(exc: Exception) -> click.ClickException:
@@ -16,8 +16,8 @@ def _fail(exc: Exception) -> click.ClickException:
 
 
 def _print_summary(out: Path, comparison: dict | None = None) -> None:
-    from experiments import compare as compare_mod
-    from experiments.report import fmt, pct
+    from experiments.analysis import compare as compare_mod
+    from experiments.analysis.report import fmt, pct
 
     runs = compare_mod.load_runs(out)
     if runs.empty:
@@ -44,15 +44,15 @@ def _print_summary(out: Path, comparison: dict | None = None) -> None:
 
 
 def _run_and_report(spec, out: Path, *, workers, ray, report: bool, profile_path=None) -> dict | None:
-    from experiments.runner import run_spec
+    from experiments.run.runner import run_spec
 
     rep = run_spec(spec, out, workers=workers, ray_address=ray, profile_path=profile_path)
     click.echo(f"{len(rep.ran)} run(s) done, {len(rep.reused)} reused, in {rep.wall_s:.1f} s -> {out}")
-    from experiments.compare import write_comparison
+    from experiments.analysis.compare import write_comparison
 
     comparison = write_comparison(out)
     if report:
-        from experiments.report import write_report
+        from experiments.analysis.report import write_report
 
         html_path, md_path = write_report(out)
         click.echo(f"report: {html_path} and {md_path}")
@@ -66,7 +66,7 @@ def _spec_max_model_len(spec) -> int:
 
 def _profile_for(spec) -> str | None:
     if spec.cost_model == "calibrated" and "sim" in spec.engines:
-        from experiments.calibrate import ensure_profile
+        from experiments.run.calibrate import ensure_profile
 
         return str(ensure_profile(spec.model, spec.dtype, echo=click.echo, threads=spec.executor.get("threads"),
                                   max_model_len=_spec_max_model_len(spec)))
@@ -90,8 +90,8 @@ def _profile_for(spec) -> str | None:
 def run(spec_path, out, workers, ray, engines, cost_model, report, arrival_mode):
     """Run every variant of the experiment SPEC (YAML) in each requested engine."""
     from executor.errors import CheckpointError, NonFiniteError
-    from experiments.compare import ComparisonError
-    from experiments.spec import SpecError, load_spec
+    from experiments.analysis.compare import ComparisonError
+    from experiments.run.spec import SpecError, load_spec
 
     try:
         overrides = {}
@@ -100,7 +100,7 @@ def run(spec_path, out, workers, ray, engines, cost_model, report, arrival_mode)
         if cost_model:
             overrides["cost_model"] = cost_model
         if arrival_mode:
-            from experiments.strict_yaml import load_yaml_file
+            from experiments.run.strict_yaml import load_yaml_file
 
             load_spec(spec_path)  # a missing or malformed spec is reported as such before it is read here
             overrides["trace"] = {**load_yaml_file(spec_path)["trace"], "arrival_mode": arrival_mode}
@@ -129,7 +129,7 @@ def run(spec_path, out, workers, ray, engines, cost_model, report, arrival_mode)
               help="Time steps in wall time (what replays measure) or process CPU time (a busy machine's waits left out).")
 def calibrate(model, out, dtype, repeats, quick, threads, max_model_len, clock):
     """Profile the executor's step time on this machine and fit the simulator's cost model."""
-    from experiments.calibrate import cached_profile_path, calibrate as do_calibrate, describe_result
+    from experiments.run.calibrate import cached_profile_path, calibrate as do_calibrate, describe_result
     from sim.cost.profiled import ProfiledCostModel, format_fit_report
 
     path = Path(out) if out else cached_profile_path(model, dtype, threads, max_model_len)
@@ -147,7 +147,7 @@ def calibrate(model, out, dtype, repeats, quick, threads, max_model_len, clock):
 @click.argument("out_dir", metavar="DIR", type=click.Path(file_okay=False, exists=True))
 def report(out_dir):
     """Write DIR/report.html (self-contained) and DIR/report.md from a results folder."""
-    from experiments.report import write_report
+    from experiments.analysis.report import write_report
 
     try:
         html_path, md_path = write_report(out_dir)
@@ -170,12 +170,12 @@ def report(out_dir):
 def demo(trace_path, trace_format, out, spec_path, num_requests, rate_scale, recalibrate):
     """The main job: prepare SmolLM2-135M, calibrate the simulator on this machine, replay a
     workload through the simulator and the CPU executor, and write the report."""
-    from experiments.calibrate import ensure_profile
-    from experiments.spec import SpecError, load_spec
+    from experiments.run.calibrate import ensure_profile
+    from experiments.run.spec import SpecError, load_spec
 
     t0 = time.perf_counter()
     click.echo("[1/4] preparing the embedded SmolLM2-135M model")
-    from experiments import model_ref
+    from experiments.run import model_ref
 
     try:
         model_dir = model_ref.executor_model_dir("smollm2-135m")
@@ -185,7 +185,7 @@ def demo(trace_path, trace_format, out, spec_path, num_requests, rate_scale, rec
     try:
         overrides = {}
         if trace_path:
-            from experiments.strict_yaml import load_yaml_file
+            from experiments.run.strict_yaml import load_yaml_file
 
             base = load_yaml_file(spec_path)
             trace = {"path": str(Path(trace_path).resolve()),
@@ -196,7 +196,7 @@ def demo(trace_path, trace_format, out, spec_path, num_requests, rate_scale, rec
                 trace["format"] = trace_format
             overrides["trace"] = trace
         if rate_scale is not None:
-            from experiments.strict_yaml import load_yaml_file
+            from experiments.run.strict_yaml import load_yaml_file
 
             base = load_yaml_file(spec_path).get("base", {})
             overrides["base"] = {**base, "rate_scale": rate_scale}
@@ -210,7 +210,7 @@ def demo(trace_path, trace_format, out, spec_path, num_requests, rate_scale, rec
         out_dir = Path(out)
         comparison = _run_and_report(spec, out_dir, workers=None, ray=None, report=False, profile_path=str(profile))
         click.echo("[4/4] writing the report")
-        from experiments.report import write_report
+        from experiments.analysis.report import write_report
 
         html_path, md_path = write_report(out_dir)
     except (SpecError, FileNotFoundError, ValueError) as exc:

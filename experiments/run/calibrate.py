@@ -329,8 +329,8 @@ def calibrate(model: str, out: str | Path, *, dtype: str = "fp32", block_size: i
     from executor.engine import LLMEngine
     from sim.cost.profiled import fit_profile
 
-    from experiments import model_ref
-    from experiments.environment import environment, machine_fingerprint
+    from experiments.run import model_ref
+    from experiments.run.environment import environment, machine_fingerprint
 
     t0 = time.perf_counter()
     model_dir = model_ref.executor_model_dir(model)
@@ -374,8 +374,8 @@ def cached_profile_path(model: str, dtype: str = "fp32", threads: int | None = N
     """Where the calibrated profile of this machine + model + dtype (+ torch threads) + the
     contexts it spans + executor code is kept."""
     _set_threads(threads)
-    from experiments.environment import code_fingerprint, machine_fingerprint
-    from experiments.model_ref import _cache_root
+    from experiments.run.environment import code_fingerprint, machine_fingerprint
+    from experiments.run.model_ref import _cache_root
 
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in model.replace("/", "_"))[-60:]
     return (_cache_root() / "profiles"

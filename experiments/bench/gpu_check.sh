@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Executor device check: about 10 minutes on one H100, from the repository root.
 #
-#   OUT=/path/to/results PYTHONPATH=. bash experiments/gpu_check.sh
+#   OUT=/path/to/results PYTHONPATH=. bash experiments/bench/gpu_check.sh
 #
-# Nothing is installed: the Python parts are `python -m executor.devcheck <stage>` (see that
+# Nothing is installed: the Python parts are `python -m experiments.bench.devcheck <stage>` (see that
 # module). Each stage runs under its own `timeout`, so a hung kernel costs one stage, not the
 # run. Random models of the real Qwen shapes are written to $MODELS_DIR (not under $OUT).
 # Prints: correctness of the triton backend (+ CUDA graphs) against the torch backend, the
@@ -40,7 +40,7 @@ stage() {  # stage NAME LIMIT_SECONDS command...
   printf "%-28s %-12s %4ss\n" "$name" "$what" "$dt" | tee -a "$SUMMARY"
 }
 
-DC="$PY -m executor.devcheck"
+DC="$PY -m experiments.bench.devcheck"
 Q25="$MODELS_DIR/qwen2.5-0.5b"
 Q3="$MODELS_DIR/qwen3-0.6b"
 

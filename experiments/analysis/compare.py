@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments import results
+from experiments.run import results
 
 METRICS = ("ttft_p50_s", "ttft_p90_s", "tpot_p50_s", "e2el_p50_s", "output_throughput")
 EXTRA_METRICS = ("ttft_mean_s", "tpot_p90_s", "itl_p50_s", "e2el_p90_s", "request_throughput")
@@ -117,12 +117,12 @@ def _step_time_error(out: Path, sim_dir: str, exec_dirs: list[str]) -> dict:
         desc = results.read_json(out / sim_dir / "run.json").get("cost_model")
         if not desc:
             return {}
-        from experiments.runner import build_cost_model
+        from experiments.run.runner import build_cost_model
 
         model = build_cost_model(desc)
     except (OSError, ValueError, KeyError):
         return {}
-    from experiments import step_accounting as sa
+    from experiments.analysis import step_accounting as sa
 
     apes, ratios, priced = [], [], []
     for d in exec_dirs:
@@ -207,7 +207,7 @@ def compare(out_dir: str | Path) -> dict:
     spreads = [r["spread"] for r in rows if r["metric"] in HEADLINE and r["spread"] is not None]
     all_errs = [r["abs_error"] for r in rows if r["headline"] and r["abs_error"] is not None]
     step_mapes = [e["step_mape"] for e in per_variant if e.get("step_mape") is not None]
-    from experiments.step_accounting import SHAPE_CLASSES
+    from experiments.analysis.step_accounting import SHAPE_CLASSES
 
     by_class = {}
     for cls in SHAPE_CLASSES:

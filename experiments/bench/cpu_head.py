@@ -2,7 +2,7 @@
 against the transposed one (`W x^T`) that `compute_logits` uses for 1..8 rows, interleaved
 in one process (5 repeats each, medians), SmolLM2-135M, one torch thread.
 
-    python -m experiments.bench_cpu_head
+    python -m experiments.bench.cpu_head
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import executor.models.llama_like as ll
 from executor.engine import LLMEngine
 from executor.models_registry import resolve_model
-from experiments.bench_executor import decode_step_ms
+from experiments.bench.executor import decode_step_ms
 
 
 def main() -> None:

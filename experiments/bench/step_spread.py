@@ -1,6 +1,6 @@
 """Is the executor steady? Replay one plan sequence twice and compare step times per shape.
 
-`python -m experiments.bench_step_spread [--requests 16] [--prefix 512] [--suffix 64] [--output 48]`
+`python -m experiments.bench.step_spread [--requests 16] [--prefix 512] [--suffix 64] [--output 48]`
 
 The workload is a batch of requests that share a long prompt prefix (a conversation trace's
 system prompt and history), all added at once with greedy sampling and `ignore_eos`: scheduling
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--passes", type=int, default=2)
     ap.add_argument("--steps-out", default=None,
                     help="also write the first pass's steps (StepRecord columns) to this parquet file, as held-out "
-                         "steps for experiments.cost_model_heldout")
+                         "steps for experiments.analysis.cost_model_heldout")
     ap.add_argument("--steps-clock", choices=("wall", "cpu"), default="wall",
                     help="duration_s of --steps-out: whole engine.step wall or process CPU seconds")
     args = ap.parse_args(argv)
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from executor.engine import LLMEngine
-    from experiments import model_ref
+    from experiments.run import model_ref
 
     max_len = args.prefix + args.suffix + args.output + 16
     engine = LLMEngine(model_ref.executor_model_dir(args.model), num_blocks=(args.requests + 2) * (-(-max_len // 16)) + 8,

@@ -1,7 +1,7 @@
 """Cost of the policy layer per step: one `schedule()` + `update_from_output()` call,
 divided by the number of running requests, in steady decode.
 
-    python -m experiments.bench_policy [--sizes 16,64,256,1024] [--repeats 7] [--json PATH]
+    python -m experiments.bench.policy [--sizes 16,64,256,1024] [--repeats 7] [--json PATH]
 
 Every request is admitted first (one large prefill step), ignores eos and has a max_tokens
 no run reaches, so each measured step is a pure decode step over all N requests: the
@@ -117,7 +117,7 @@ def parse_sizes(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m experiments.bench_policy", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m experiments.bench.policy", description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=parse_sizes, default=[16, 64, 256, 1024], help="running requests (comma list)")
     ap.add_argument("--repeats", type=int, default=7, help="timed repeats per size (median reported; >= 1)")
     ap.add_argument("--json", type=Path, default=None, metavar="PATH", help="also save the figures as JSON")

@@ -1,6 +1,6 @@
 """GPTQ quality and cost on SmolLM2-135M: perplexity, KL, weight memory, quantize time, decode speed.
 
-    python -m experiments.bench_gptq [--configs g128-sym-act,g128-asym-act,g32-asym-act] [--nsamples 32]
+    python -m experiments.bench.gptq [--configs g128-sym-act,g128-asym-act,g32-asym-act] [--nsamples 32]
                                      [--workdir /tmp/folovllm-gptq] [--reuse]
 
 A config is `g<group>-<sym|asym>[-act][-static]`: group size, grid, act-order (desc_act),

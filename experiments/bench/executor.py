@@ -20,8 +20,8 @@ present, else `traces.generate("azure-conv-like")`), max_model_len 4096, one KV 
 the allocation decisions do not depend on the weights). Reported per KV layout: concurrent
 requests (mean over steps, max) and the share of reserved KV slots holding tokens.
 
-    python -m experiments.bench_executor            # ~5 min on 2 CPU cores
-    python -m experiments.bench_executor --quick    # smaller, for a smoke test
+    python -m experiments.bench.executor            # ~5 min on 2 CPU cores
+    python -m experiments.bench.executor --quick    # smaller, for a smoke test
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from experiments.shared_data import azure_conv_trace
 from traces.files import atomic_write_json
 
-REAL_AZURE_CONV = Path(__file__).resolve().parents[1].parent / "shared" / "traces" / "azure-2023-conv" / "AzureLLMInferenceTrace_conv.csv"
+REAL_AZURE_CONV = azure_conv_trace()
 
 
 # -- workloads ------------------------------------------------------------------------------

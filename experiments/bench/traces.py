@@ -2,7 +2,7 @@
 synthesis costs per request, and the peak memory of generating and streaming a million
 synthetic requests.
 
-    python -m experiments.bench_traces [--repeats 5] [--million 1000000] [--prompt uniform:16:128]
+    python -m experiments.bench.traces [--repeats 5] [--million 1000000] [--prompt uniform:16:128]
 
 Prints medians over `--repeats` runs. The million-request part runs in a fresh child process
 so its peak RSS (VmHWM) is its own, not the loading benchmarks'. Real traces are read
@@ -19,9 +19,10 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
+from experiments.shared_data import shared_path
+
+SHARED = shared_path("traces")
 REAL = {
     "azure-2023-conv": SHARED / "azure-2023-conv" / "AzureLLMInferenceTrace_conv.csv",
     "azure-2023-code": SHARED / "azure-2023-code" / "AzureLLMInferenceTrace_code.csv",
@@ -123,7 +124,7 @@ def main(argv=None) -> None:
     bench_loading(args.repeats)
     bench_synthesis(max(1, args.repeats // 2))
     print(f"== generating and streaming {args.million:,} requests (fresh process, peak RSS) ==", flush=True)
-    subprocess.run([sys.executable, "-m", "experiments.bench_traces", "--only-million", "--million", str(args.million),
+    subprocess.run([sys.executable, "-m", "experiments.bench.traces", "--only-million", "--million", str(args.million),
                     "--prompt", args.prompt, "--output", args.output], check=True)
 
 

@@ -1,12 +1,12 @@
-"""Device checks run by `experiments/gpu_check.sh`, one stage per process (each under its own
+"""Device checks run by `experiments/bench/gpu_check.sh`, one stage per process (each under its own
 timeout there). Every stage prints a short report and writes `<out>/<stage>[-<shape>].json`.
 
-    python -m executor.devcheck env        --out DIR
-    python -m executor.devcheck write      --shape qwen3-0.6b --model-dir DIR
-    python -m executor.devcheck correctness --model-dir DIR --out DIR [--device cuda] [--backend triton]
-    python -m executor.devcheck throughput --model-dir DIR --out DIR [--num-requests 256]
-    python -m executor.devcheck hf         --model-dir DIR --out DIR [--num-requests 64]
-    python -m executor.devcheck roofline   --shape qwen3-0.6b --out DIR [--bandwidth auto]
+    python -m experiments.bench.devcheck env        --out DIR
+    python -m experiments.bench.devcheck write      --shape qwen3-0.6b --model-dir DIR
+    python -m experiments.bench.devcheck correctness --model-dir DIR --out DIR [--device cuda] [--backend triton]
+    python -m experiments.bench.devcheck throughput --model-dir DIR --out DIR [--num-requests 256]
+    python -m experiments.bench.devcheck hf         --model-dir DIR --out DIR [--num-requests 64]
+    python -m experiments.bench.devcheck roofline   --shape qwen3-0.6b --out DIR [--bandwidth auto]
 
 The stages also run on CPU with a tiny shape (tests do that), so only the numbers need a GPU.
 """

@@ -1,0 +1,1 @@
+"""Reading results: predicted-vs-measured comparison, step accounting, reports, notes."""

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print measured numbers (`python -m experiments.bench.<name>`)."""

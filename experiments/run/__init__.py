@@ -1,0 +1,1 @@
+"""Running experiments: specs, the resumable runner, calibration, the fidelity protocol."""
