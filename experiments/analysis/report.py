@@ -12,6 +12,7 @@ import datetime as _dt
 import html
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -358,12 +359,42 @@ def fig_predicted_vs_measured(comparison: dict, colors: dict) -> list[dict]:
 
 
 # -- the report -----------------------------------------------------------------------------
+@dataclass
+class ReportData:
+    """Everything one report shows, read once from a results folder (HTML and Markdown both
+    render from this)."""
+
+    out: Path
+    spec: dict
+    env: dict
+    runs: pd.DataFrame
+    comparison: dict
+    figures: list
+    summary: pd.DataFrame
+    err: pd.DataFrame
+    err_classes: pd.DataFrame
+    err_titles: pd.DataFrame
+    notes: list[str]  # facts a reader may want (bottom of the page)
+    warnings: list[str]  # things that change how to read the numbers (top, beside the headline)
+
+    @property
+    def headline(self) -> dict | None:
+        return self.comparison.get("headline")
+
+    @property
+    def env_rows(self) -> pd.DataFrame:
+        return pd.DataFrame([(k, str(v)) for k, v in _flatten(self.env).items()], columns=["field", "value"])
+
+
 def write_report(out_dir: str | Path) -> tuple[Path, Path]:
     """Write report.html and report.md into `out_dir` (atomically); returns their paths."""
-    import jinja2
-    import yaml
+    data = gather(Path(out_dir))
+    html_path = _write_text(data.out / "report.html", render_html(data))
+    md_path = _write_text(data.out / "report.md", render_markdown(data))
+    return html_path, md_path
 
-    out = Path(out_dir)
+
+def gather(out: Path) -> ReportData:
     if not (out / "index.json").is_file():
         raise FileNotFoundError(f"{out}: not a results folder (no index.json); run `folovllm run SPEC --out {out}`")
     spec_info = results.read_json(out / "spec.json")
@@ -373,20 +404,18 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
     if runs.empty:
         raise ValueError(f"{out}: no finished runs to report yet")
     comparison = compare_mod.write_comparison(out)
-    variants = [v["name"] for v in spec_info["variants"]]
-    colors = _colors(variants)
-
-    figures = []
-    figures += fig_predicted_vs_measured(comparison, colors)
-    figures += fig_cdfs(out, runs, colors)
-    figures += fig_throughput_vs_rate(out, runs, colors, spec)
-    figures += fig_over_time(out, runs, colors)
-    figures += fig_prefix_preemptions(runs, colors)
-
-    summary = summary_frame(runs)
+    colors = _colors([v["name"] for v in spec_info["variants"]])
+    figures = (fig_predicted_vs_measured(comparison, colors) + fig_cdfs(out, runs, colors)
+               + fig_throughput_vs_rate(out, runs, colors, spec) + fig_over_time(out, runs, colors)
+               + fig_prefix_preemptions(runs, colors))
     err, err_classes, err_titles = error_frame(comparison)
-    notes = []      # facts a reader may want (bottom of the page)
-    warnings = []   # things that change how to read the numbers (top of the page, beside the headline)
+    notes, warnings = _notes_and_warnings(out, runs, env)
+    return ReportData(out, spec, env, runs, comparison, figures, summary_frame(runs), err, err_classes, err_titles,
+                      notes, warnings)
+
+
+def _notes_and_warnings(out: Path, runs: pd.DataFrame, env: dict) -> tuple[list[str], list[str]]:
+    notes, warnings = [], []
     planned = len(results.read_json(out / "index.json")["jobs"])
     if len(runs) < planned:
         warnings.append(f"{planned - len(runs)} of {planned} planned run(s) have not finished; rerun the spec to complete them.")
@@ -409,64 +438,78 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
     cores = env.get("cpu_count") or 1
     if loads and max(loads) > 0.75 * cores:
         warnings.append(f"The machine was busy during executor runs: 1-minute load average up to {max(loads):.1f} on "
-                     f"{cores} core(s) before a run. Other processes compete for the CPU, so measured times include "
-                     "their interference; compare the error with the run-to-run spread.")
-    env_rows = pd.DataFrame([(k, str(v)) for k, v in _flatten(env).items()], columns=["field", "value"])
-    headline = comparison.get("headline")
+                        f"{cores} core(s) before a run. Other processes compete for the CPU, so measured times include "
+                        "their interference; compare the error with the run-to-run spread.")
+    return notes, warnings
 
+
+def render_html(d: ReportData) -> str:
+    import jinja2
+    import yaml
+
+    err, err_classes = d.err, d.err_classes
+    num_misses = int((err_classes == "miss").sum().sum() + (err_classes == "miss noisy").sum().sum()) \
+        if not err.empty else 0
     template_dir = Path(__file__).parent / "templates"
     jenv = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir)), autoescape=True)
-    page = jenv.get_template("report.html.j2").render(
-        name=spec.get("name", out.name), description=spec.get("description", ""),
-        generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), out_dir=str(out),
-        engines=list(dict.fromkeys(runs["engine"])), num_runs=len(runs), headline=headline,
-        rankings=comparison.get("rankings", {}),
-        error_table=html_table(err, "errors", pinned=1, cell_classes=err_classes, cell_titles=err_titles)
+    return jenv.get_template("report.html.j2").render(
+        name=d.spec.get("name", d.out.name), description=d.spec.get("description", ""),
+        generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), out_dir=str(d.out),
+        engines=list(dict.fromkeys(d.runs["engine"])), num_runs=len(d.runs), headline=d.headline,
+        rankings=d.comparison.get("rankings", {}),
+        error_table=html_table(err, "errors", pinned=1, cell_classes=err_classes, cell_titles=d.err_titles)
         if not err.empty else "",
-        summary_table=html_table(summary, "summary-table", pinned=PINNED), figures=figures, notes=notes,
-        warnings=warnings, bar=compare_mod.FIDELITY_BAR, num_misses=int((err_classes == "miss").sum().sum()
-                                                                         + (err_classes == "miss noisy").sum().sum())
-        if not err.empty else 0,
-        summary_legend=summary_legend(summary.columns), label=lambda key: metric_name(key).label,
-        environment_table=html_table(env_rows, "environment"), spec_yaml=yaml.safe_dump(spec, sort_keys=False),
+        summary_table=html_table(d.summary, "summary-table", pinned=PINNED), figures=d.figures, notes=d.notes,
+        warnings=d.warnings, bar=compare_mod.FIDELITY_BAR, num_misses=num_misses,
+        summary_legend=summary_legend(d.summary.columns), label=lambda key: metric_name(key).label,
+        environment_table=html_table(d.env_rows, "environment"), spec_yaml=yaml.safe_dump(d.spec, sort_keys=False),
         pct=pct, fmt=fmt,
     )
-    html_path = _write_text(out / "report.html", page)
 
-    md = [f"# {spec.get('name', out.name)}\n", f"{spec.get('description', '')}\n"]
-    md.extend(f"> **Warning:** {w}\n" for w in warnings)
+
+def render_markdown(d: ReportData) -> str:
+    md = [f"# {d.spec.get('name', d.out.name)}\n", f"{d.spec.get('description', '')}\n"]
+    md.extend(f"> **Warning:** {w}\n" for w in d.warnings)
+    headline = d.headline
     if headline:
-        md.append("## Predicted vs measured\n")
-        md.append(f"Median |error| across {', '.join(metric_name(m).label for m in headline['metrics'])} over {headline['num_variants']} variant(s): "
-                  f"**{pct(headline['median_abs_error'])}** (max {pct(headline['max_abs_error'])}); executor run-to-run "
-                  f"spread (median) {pct(headline['median_run_to_run_spread'])}; cost-model error on the executor's own "
-                  f"steps (median step MAPE) {pct(headline.get('step_time_mape'))}.\n")
-        by_class = headline.get("step_time_mape_by_class") or {}
-        if any(v is not None for v in by_class.values()):
-            md.append("Step MAPE by plan shape: " + ", ".join(f"{cls} {pct(v)}" for cls, v in by_class.items()
-                                                            if v is not None) + ".\n")
-        for metric, r in comparison["rankings"].items():
-            same = "" if r.get("same_order") is None else (" — same order" if r["same_order"] else " — different order")
-            md.append(f"- ranking by {metric_name(metric).label}: Kendall tau = {fmt(r.get('tau'))}{same}")
-        md.append("")
-        marked = err.copy()
-        marked["error %"] = [f"{fmt(v)}{' ✗' if 'miss' in c else ''}" for v, c in zip(err["error %"], err_classes["error %"])]
-        md.append(markdown_table(marked))
-        md.append(f"error % = (predicted − measured) / measured × 100 (negative: the simulator predicts less than "
-                  "was measured: optimistic for a latency, pessimistic for a throughput); ✗ marks "
-                  f"|error| above the ±{compare_mod.FIDELITY_BAR:.0%} fidelity bar. spread % = (max − min) / median of "
-                  "the executor's repeats × 100: an error inside it is measurement noise.\n")
+        md += _markdown_fidelity(d, headline)
     md.append("## Summary per variant and engine\n")
-    md.append(markdown_table(summary))
-    if notes:
+    md.append(markdown_table(d.summary))
+    if d.notes:
         md.append("## Notes\n")
-        md.extend(f"- {n}" for n in notes)
+        md.extend(f"- {n}" for n in d.notes)
         md.append("")
     md.append("## Environment\n")
-    md.append(markdown_table(env_rows))
-    md.append(f"Figures: see report.html ({len(figures)} figures).\n")
-    md_path = _write_text(out / "report.md", "\n".join(md))
-    return html_path, md_path
+    md.append(markdown_table(d.env_rows))
+    md.append(f"Figures: see report.html ({len(d.figures)} figures).\n")
+    return "\n".join(md)
+
+
+def _markdown_fidelity(d: ReportData, headline: dict) -> list[str]:
+    err, err_classes = d.err, d.err_classes
+    md = ["## Predicted vs measured\n"]
+    md.append(f"Median |error| across {', '.join(metric_name(m).label for m in headline['metrics'])} over {headline['num_variants']} variant(s): "
+              f"**{pct(headline['median_abs_error'])}** (max {pct(headline['max_abs_error'])}); executor run-to-run "
+              f"spread (median) {pct(headline['median_run_to_run_spread'])}; cost-model error on the executor's own "
+              f"steps (median step MAPE) {pct(headline.get('step_time_mape'))}.\n")
+    by_class = headline.get("step_time_mape_by_class") or {}
+    if any(v is not None for v in by_class.values()):
+        md.append("Step MAPE by plan shape: " + ", ".join(f"{cls} {pct(v)}" for cls, v in by_class.items()
+                                                        if v is not None) + ".\n")
+    for metric, r in d.comparison["rankings"].items():
+        same = "" if r.get("same_order") is None else (" — same order" if r["same_order"] else " — different order")
+        md.append(f"- ranking by {metric_name(metric).label}: Kendall tau = {fmt(r.get('tau'))}{same}")
+    md.append("")
+    if err.empty:
+        return md
+    marked = err.copy()
+    marked["error %"] = [f"{fmt(v)}{' ✗' if 'miss' in c else ''}" for v, c in zip(err["error %"], err_classes["error %"])]
+    md.append(markdown_table(marked))
+    md.append(f"error % = (predicted − measured) / measured × 100 (negative: the simulator predicts less than "
+              "was measured: optimistic for a latency, pessimistic for a throughput); ✗ marks "
+              f"|error| above the ±{compare_mod.FIDELITY_BAR:.0%} fidelity bar. spread % = (max − min) / median of "
+              "the executor's repeats × 100: an error inside it is measurement noise.\n")
+    return md
 
 
 def summary_legend(columns) -> list[tuple[str, str]]:
