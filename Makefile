@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TRACE ?=
 export PYTHONHASHSEED := 0
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench fidelity clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/folovllm demo $(if $(TRACE),--trace $(TRACE),)
+
+# The fidelity protocol (simulator vs executor at four loads, three workloads); QUICK=1: < 5 min.
+fidelity: $(STAMP)
+	$(BIN)/folovllm fidelity $(if $(QUICK),--quick,)
 
 bench: $(STAMP)
 	$(BIN)/python -m experiments.bench.policy
