@@ -23,6 +23,7 @@ import asyncio
 import collections
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 from policy import Request, RequestRejected
@@ -273,6 +274,7 @@ class AsyncEngine:
     def _deliver(self, events: list) -> None:
         if events and self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(_put_all, events)
+            time.sleep(0)  # let the event loop take the GIL now, not a switch interval later
 
 
 def _put_all(events: list) -> None:
