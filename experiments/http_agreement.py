@@ -23,7 +23,9 @@ def read_requests(run_dir: str | Path) -> pd.DataFrame:
 def agreement(client: pd.DataFrame, server: pd.DataFrame, *, tolerance_s: float = 0.020) -> dict:
     """Statistics of the per-request differences over requests finished on both sides."""
     cols = ["request_id", "ttft_s", "e2el_s", "status"]
-    both = client[cols].merge(server[cols], on="request_id", suffixes=("_client", "_server"))
+    client = client[cols].astype({"request_id": str})  # a CSV reader may have made ids numbers
+    server = server[cols].astype({"request_id": str})
+    both = client.merge(server, on="request_id", suffixes=("_client", "_server"))
     both = both[(both["status_client"] == "finished") & (both["status_server"] == "finished")]
     out: dict = {"num_client": int(len(client)), "num_server": int(len(server)), "num_matched": int(len(both)),
                  "tolerance_s": tolerance_s}

@@ -1,0 +1,128 @@
+"""`folovllm bench serve` against `folovllm serve` (a separate process on 127.0.0.1): every
+request is counted, each one's TTFT is within 20 ms of the server's own timeline for >= 95 %
+of requests, and `folovllm report` reads the results folder unchanged."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from experiments.cli import main
+from tests.serve_helpers import require_serve_extra
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """`folovllm serve` on a tiny random model (no tokenizer: token-id prompts), recording
+    its timelines; yields (url, record dir), and after the module stops it with SIGINT."""
+    require_serve_extra()
+    from executor.models_registry import write_random_model
+
+    root = tmp_path_factory.mktemp("bench_serve")
+    model = write_random_model("tiny-qwen2", root / "tiny", seed=0)
+    record = root / "server"
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "experiments.cli", "serve", str(model), "--port", str(port), "--device", "cpu",
+           "--kv-cache-memory", "8000000", "--max-model-len", "512", "--max-num-seqs", "8",
+           "--max-num-batched-tokens", "256", "--threads", "1", "--max-waiting", "64", "--record", str(record)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    import httpx
+
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"folovllm serve exited early:\n{proc.stdout.read().decode()}")
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("folovllm serve did not become healthy within 120 s")
+            time.sleep(0.2)
+        yield url, record, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _stop(proc) -> str:
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    return out.decode()
+
+
+def test_bench_serve_matches_the_server_timelines_and_feeds_the_report(served, tmp_path):
+    url, record, proc = served
+    out = tmp_path / "results"
+    res = CliRunner().invoke(main, ["bench", "serve", "--endpoint", url, "--preset", "azure-conv-like",
+                                    "--num-requests", "32", "--max-prompt-len", "64", "--max-output-len", "8", "--rate-scale", "0.5",
+                                    "--max-in-flight", "16", "--timeout", "60", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "32 requests: finished 32, aborted 0, rejected 0, timed_out 0, failed 0" in res.output
+
+    index = json.loads((out / "index.json").read_text())["jobs"]
+    assert [(j["engine"], j["variant"], j["repeat"]) for j in index] == [("http", "endpoint", 0)]
+    run_dir = out / index[0]["dir"]
+    client = pd.read_parquet(run_dir / "requests.parquet")
+    from traces.metrics import REQUEST_COLUMNS
+
+    assert tuple(client.columns[: len(REQUEST_COLUMNS)]) == REQUEST_COLUMNS
+    assert (client["output_len"] == client["max_tokens"]).all()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["num_finished"] == 32 and summary["num_timed_out"] == 0 and summary["num_failed"] == 0
+
+    from experiments.report import write_report
+
+    html, md = write_report(out)
+    assert "endpoint" in md.read_text() and html.stat().st_size > 1000
+
+    log = _stop(proc)
+    from experiments.http_agreement import agreement, read_requests
+
+    server = read_requests(record)
+    assert len(server) == 32, log
+
+    agree = agreement(client, server, tolerance_s=0.020)
+    assert agree["num_matched"] == 32
+    ttft = agree["ttft"]
+    # The client's TTFT includes the HTTP round trip, so it can only be larger (by a little).
+    assert ttft["min_diff_s"] > -0.001, ttft
+    assert ttft["within_tolerance"] >= 0.95, ttft
+    assert agree["e2el"]["within_tolerance"] >= 0.90, agree["e2el"]
+
+
+def test_bench_serve_names_an_unreachable_endpoint(tmp_path):
+    require_serve_extra()
+    port = _free_port()
+    res = CliRunner().invoke(main, ["bench", "serve", "--endpoint", f"http://127.0.0.1:{port}", "--preset",
+                                    "azure-conv-like", "--num-requests", "2", "--out", str(tmp_path / "r")])
+    assert res.exit_code != 0
+    assert f"127.0.0.1:{port}: cannot list models" in res.output
+    assert not (tmp_path / "r").exists()
