@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -59,6 +60,38 @@ def _health_rtt_ms(url: str, n: int = 200) -> dict:
             times.append(1000 * (time.perf_counter() - t))
     p50, p90, p99 = np.percentile(times, [50, 90, 99])
     return {"median_ms": round(float(p50), 2), "p90_ms": round(float(p90), 2), "p99_ms": round(float(p99), 2)}
+
+
+class _RttProbe(threading.Thread):
+    """`GET /health` every 50 ms from this process while the benchmark runs."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.times: list[float] = []
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        import httpx
+
+        with httpx.Client() as client:
+            while not self._done.wait(0.05):
+                t = time.perf_counter()
+                client.get(self.url + "/health")
+                self.times.append(1000 * (time.perf_counter() - t))
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(10)
+
+    def summary(self) -> dict:
+        import numpy as np
+
+        if not self.times:
+            return {}
+        p50, p90, p99 = np.percentile(self.times, [50, 90, 99])
+        return {"n": len(self.times), "median_ms": round(float(p50), 2), "p90_ms": round(float(p90), 2),
+                "p99_ms": round(float(p99), 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         rtt = _health_rtt_ms(url)
         bench_cmd = [sys.executable, "-m", "experiments.cli", "bench", "serve", "--endpoint", url,
                      *WORKLOADS[workload], "--out", str(work / "client")]
-        bench = subprocess.run(bench_cmd, cwd=REPO, env=env, capture_output=True, text=True)
+        during = _RttProbe(url)  # the same round trip while the engine is busy
+        during.start()
+        try:
+            bench = subprocess.run(bench_cmd, cwd=REPO, env=env, capture_output=True, text=True)
+        finally:
+            during.stop()
         print(bench.stdout.strip())
         if bench.returncode != 0:
             print(bench.stderr, file=sys.stderr)
@@ -117,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
 
     run_dir = next(p for p in (work / "client" / "runs").iterdir() if p.is_dir())
     result = agreement(read_requests(run_dir), read_requests(work / "server"), tolerance_s=args.tolerance)
-    print(json.dumps({"model": args.model, "workload": workload, "health_rtt": rtt,
+    print(json.dumps({"model": args.model, "workload": workload, "health_rtt_idle": rtt,
+                      "health_rtt_during_run": during.summary(),
                       "load_average_before": [round(x, 2) for x in load_before],
                       "load_average_after": [round(x, 2) for x in load_after],
                       "cpu_count": os.cpu_count(), "agreement": result, "results": str(work)}, indent=2))

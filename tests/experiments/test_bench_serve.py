@@ -133,3 +133,34 @@ def test_bench_serve_names_an_unreachable_endpoint(tmp_path):
     assert res.exit_code != 0
     assert f"127.0.0.1:{port}: cannot list models" in res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_client_runs_are_written_as_repeats_with_every_outcome_counted(tmp_path):
+    """No server needed: outcomes as the client records them -> the executor's run format."""
+    from experiments.http_client import Outcome
+    from experiments.http_replay import ClientConfig, ClientRun, OUTCOMES, write_results
+
+    def outcomes():
+        done = Outcome("a", 4, 3, 0.0, send_s=0.01, token_times=[0.05, 0.07, 0.09], finish_s=0.09,
+                       status="finished", finish_reason="length", http_status=200, num_attempts=1)
+        full = Outcome("b", 4, 3, 0.02, send_s=0.02, finish_s=0.021, status="rejected", http_status=429,
+                       error="HTTP 429: the waiting queue is full", num_attempts=2)
+        slow = Outcome("c", 4, 3, 0.03, send_s=0.03, token_times=[0.2], finish_s=1.03, status="timed_out",
+                       error="no end within 1.0 s", http_status=200, num_attempts=1)
+        return [done, full, slow]
+
+    cfg = ClientConfig("http://127.0.0.1:1", "m")
+    for _ in range(2):
+        outs = outcomes()
+        counts = {s: sum(o.status == s for o in outs) for s in OUTCOMES} | {"num_retries": 1}
+        run_dir = write_results(tmp_path, ClientRun(outs, 1.1, cfg, counts), variant="v")
+    jobs = json.loads((tmp_path / "index.json").read_text())["jobs"]
+    assert [(j["engine"], j["variant"], j["repeat"]) for j in jobs] == [("http", "v", 0), ("http", "v", 1)]
+    assert [v["name"] for v in json.loads((tmp_path / "spec.json").read_text())["variants"]] == ["v"]
+    table = pd.read_parquet(run_dir / "requests.parquet")
+    assert list(table["status"]) == ["finished", "rejected", "timed_out"]
+    assert table.loc[0, "ttft_s"] == pytest.approx(0.04) and table.loc[0, "tpot_s"] == pytest.approx(0.02)
+    assert list(table["http_status"]) == [200, 429, 200] and list(table["num_attempts"]) == [1, 2, 1]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["num_finished"], summary["num_rejected"], summary["num_timed_out"], summary["num_failed"],
+            summary["num_retries"]) == (1, 1, 1, 0, 1)
