@@ -46,7 +46,7 @@ def serve(model, host, port, served_model_name, max_waiting, record, threads, no
         raise click.ClickException(f"--max-waiting={max_waiting}: must be >= 1")
     import uvicorn
 
-    from executor.serve.server import build_server
+    from executor.serve.server import KEEP_ALIVE_S, build_server
 
     if model is not None:
         opts["model_name"] = model
@@ -61,6 +61,7 @@ def serve(model, host, port, served_model_name, max_waiting, record, threads, no
     server = build_server(engine, model_name=name, max_waiting=max_waiting, record=record)
     click.echo(f"serving {name!r} ({engine.model_dir}) on http://{host}:{port}/v1 ; Ctrl-C stops"
                + (f"; timelines -> {record}" if record else ""), err=True)
-    uvicorn.run(server.app(), host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+    uvicorn.run(server.app(), host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=5,
+                timeout_keep_alive=KEEP_ALIVE_S)
     if record is not None:
         click.echo(f"server timelines written to {record}", err=True)

@@ -13,6 +13,10 @@ from executor.serve.async_engine import AsyncEngine
 from executor.serve.protocol import ModelInfo
 from traces.run_result import RunResult
 
+# Idle keep-alive connections are kept this long (uvicorn's default is 5 s): a load generator
+# that opened its connections up front should not find them closed between bursts.
+KEEP_ALIVE_S = 75
+
 
 def build_server(engine, *, model_name: str, max_waiting: int = 256, record: str | Path | None = None,
                  keep_timelines: bool = False) -> Server:
@@ -44,7 +48,8 @@ class ServerThread:
 
         self.server = server
         config = uvicorn.Config(server.app(), host=host, port=port, log_level="warning", lifespan="on",
-                                timeout_graceful_shutdown=5)
+                                timeout_graceful_shutdown=5,
+                                timeout_keep_alive=KEEP_ALIVE_S)
         self._uvicorn = uvicorn.Server(config)
         self._uvicorn.install_signal_handlers = lambda: None  # not the main thread
         self._thread = threading.Thread(target=self._uvicorn.run, name="folovllm-http", daemon=True)
