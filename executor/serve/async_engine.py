@@ -23,7 +23,6 @@ import asyncio
 import collections
 import logging
 import threading
-import time
 from dataclasses import dataclass
 
 from policy import Request, RequestRejected
@@ -34,6 +33,7 @@ log = logging.getLogger("folovllm.serve")
 
 IDLE_WAIT_S = 0.5  # how long an idle engine sleeps before re-checking for shutdown
 EMPTY_PLAN_WAIT_S = 0.005  # a plan that scheduled nothing: wait this long for a command
+DELIVERY_WAIT_S = 0.005  # at most this long per step for the event loop to take the step's tokens
 
 
 class QueueFull(RequestRejected):
@@ -272,11 +272,19 @@ class AsyncEngine:
         self._deliver(out)
 
     def _deliver(self, events: list) -> None:
+        """Hand events to the event loop and wait (at most DELIVERY_WAIT_S) until it has passed
+        them to their handlers. Waiting releases the GIL at once: otherwise the loop waits for
+        the next step's Python to give it up (a 5 ms switch interval), and every token reaches
+        its client late by that much."""
         if events and self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(_put_all, events)
-            time.sleep(0)  # let the event loop take the GIL now, not a switch interval later
+            flushed = threading.Event()
+            self._loop.call_soon_threadsafe(_put_all, events, flushed)
+            flushed.wait(DELIVERY_WAIT_S)
 
 
-def _put_all(events: list) -> None:
+def _put_all(events: list, flushed: threading.Event) -> None:
     for queue, event in events:
         queue.put_nowait(event)
+    # Runs after the handlers these events woke (they were scheduled first): by then each has
+    # written its chunk to its socket.
+    asyncio.get_running_loop().call_soon(flushed.set)
