@@ -77,9 +77,13 @@ async def send_one(client, url: str, payload: dict, out: Outcome, t0: float, *, 
             out.finish_s = time.perf_counter() - t0
             return out
         except (httpx.TransportError, OSError) as exc:
+            out.error = f"{type(exc).__name__}: {exc}"
+            out.finish_s = time.perf_counter() - t0
+            if out.token_times:  # the stream broke after tokens came: the server had it, then lost it
+                out.status = "aborted"
+                return out
             retry = True
             out.status = "failed"
-            out.error = f"{type(exc).__name__}: {exc}"
         if not retry or attempt > retries:
             return out
         await asyncio.sleep(retry_backoff_s * 2 ** (attempt - 1))

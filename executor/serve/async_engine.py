@@ -110,6 +110,7 @@ class AsyncEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._queue_full_id: str | None = None  # set by _admit_check when it refuses for a full queue
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -156,6 +157,7 @@ class AsyncEngine:
     # -- the engine thread ----------------------------------------------------------------
     def _admit_check(self, request: Request) -> None:
         if self.scheduler.num_waiting >= self.max_waiting:
+            self._queue_full_id = request.request_id
             raise QueueFull(f"request {request.request_id!r}: the waiting queue is full "
                             f"({self.scheduler.num_waiting} >= max_waiting={self.max_waiting}); retry later")
         if self._engine_check is not None:
@@ -214,7 +216,8 @@ class AsyncEngine:
             self.counters.prompt_tokens += request.num_prompt_tokens
             return ("admitted",)
         reason = self.recorder.last_rejection
-        full = reason.startswith(f"request {rid!r}: the waiting queue is full")
+        full = self._queue_full_id == rid
+        self._queue_full_id = None
         if full:
             self.counters.requests_rejected_queue_full += 1
         else:
