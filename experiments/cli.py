@@ -14,6 +14,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "model": ("executor.cli:model", "Prepare the embedded SmolLM2 model or write random models of real shapes."),
     "generate": ("executor.cli:generate", "Generate text offline with the paged-KV engine."),
     "replay": ("executor.cli:replay", "Replay a trace in real time through the real engine."),
+    "serve": ("executor.serve.cli:serve", "Serve a model over HTTP with the OpenAI API (needs the 'serve' extra)."),
+    "bench": ("experiments.serve.commands:bench", "Measure an OpenAI-compatible endpoint by replaying a trace."),
     "quantize": ("executor.gptq.cli:quantize", "Quantize a model to GPTQ 4-bit."),
     "eval": ("executor.gptq.cli:eval_group", "Quality checks: perplexity, KL divergence."),
     "run": ("experiments.run.commands:run", "Run an experiment spec in the simulator and/or the executor."),

@@ -263,7 +263,8 @@ def fig_over_time(out: Path, runs: pd.DataFrame, colors: dict) -> list[dict]:
         axes[1][j].set_xlabel("time (s)")
         for ax in axes[:, j]:
             ax.grid(alpha=0.3)
-        axes[0][j].legend(fontsize=7)
+        if axes[0][j].get_legend_handles_labels()[0]:  # an HTTP client's runs have no steps to draw
+            axes[0][j].legend(fontsize=7)
     return [{"title": "KV usage and running batch size over time", "data": _png(fig)}]
 
 

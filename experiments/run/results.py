@@ -35,12 +35,24 @@ def summarize_recorder(recorder: TimelineRecorder, slo: dict, scheduler_stats: d
     return requests, steps, summary
 
 
-def write_run(final_dir: Path, recorder: TimelineRecorder, *, slo: dict, scheduler_stats: dict, run_info: dict) -> Path:
-    """Write a whole run folder atomically (tmp sibling + rename)."""
+def write_run(final_dir: Path, recorder: TimelineRecorder, *, slo: dict, scheduler_stats: dict, run_info: dict,
+              extra_columns: pd.DataFrame | None = None, extra_summary: dict | None = None) -> Path:
+    """Write a whole run folder atomically (tmp sibling + rename). `extra_columns` (one row
+    per timeline, in order) are appended after the request table's own columns and
+    `extra_summary` keys added to summary.json (e.g. an HTTP client's statuses and retries)."""
     final_dir = Path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     block_size = (run_info.get("knobs") or {}).get("block_size")
     requests, steps, summary = summarize_recorder(recorder, slo, scheduler_stats, block_size=block_size)
+    if extra_columns is not None:
+        if len(extra_columns) != len(requests):
+            raise ValueError(f"extra_columns has {len(extra_columns)} rows for {len(requests)} requests")
+        clash = set(extra_columns.columns) & set(requests.columns)
+        if clash:
+            raise ValueError(f"extra_columns {sorted(clash)} would replace the request table's own")
+        requests = pd.concat([requests, extra_columns.reset_index(drop=True)], axis=1)
+    if extra_summary:
+        summary.update(extra_summary)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final_dir.name}-", dir=final_dir.parent))
     os.chmod(tmp, 0o755)
     try:

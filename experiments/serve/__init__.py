@@ -1,0 +1,1 @@
+"""Measuring over HTTP: replaying a trace against any OpenAI-compatible endpoint."""
