@@ -4,7 +4,7 @@ Two tables: decode, time against (batch size, context per request); prefill, tim
 length, context already cached) for one request. A plan only carries aggregates (how many prefill
 rows, their tokens and cached context in total; how many decode rows and their total context), so
 a step's attention is priced at the mean row: decode f(n_dec, ctx / n_dec); prefill n_pre x
-g(tokens / n_pre, ctx / n_pre).
+g(tokens / n_pre, cached / n_pre), cached = the context before the chunks.
 
 Our own format, `attention.csv` beside `ops.csv` (times in MILLISECONDS, one layer):
     device, dtype, num_heads, num_kv_heads, head_dim, tp, kind (prefill | decode),
@@ -93,9 +93,12 @@ class AttentionProfile:
                 raise ProfileError(f"{self.path} row 2 column {name!r}: the attention profile was measured for "
                                    f"{name}={have}, but model {model.name!r} has {name}={want}")
 
-    def seconds(self, n_pre: int, pre_tok: int, pre_ctx: int, n_dec: int, dec_ctx: int) -> float:
-        """One layer's attention for a plan's aggregates (see the module doc); 0 for parts the
-        profile does not cover is never silently returned: a missing table raises."""
+    def seconds(self, n_pre: int, pre_tok: int, pre_cached: int, n_dec: int, dec_ctx: int) -> float:
+        """One layer's attention for a plan's aggregates (see the module doc): `pre_cached` is the
+        prefill rows' context cached BEFORE their chunks (the profile's prefill `context_len`,
+        Vidur's `kv_cache_size`), not the step shape's context after the step; `dec_ctx` is the
+        decode rows' context including the token being decoded. 0 for parts the profile does not
+        cover is never silently returned: a missing table raises."""
         t = 0.0
         if n_dec:
             if self.decode is None:
@@ -104,7 +107,7 @@ class AttentionProfile:
         if n_pre:
             if self.prefill is None:
                 raise ProfileError(f"{self.path}: no prefill rows, but the plan has prefills")
-            t += n_pre * self.prefill(pre_tok / n_pre, pre_ctx / n_pre)
+            t += n_pre * self.prefill(pre_tok / n_pre, pre_cached / n_pre)
         return t
 
 

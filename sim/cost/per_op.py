@@ -89,7 +89,8 @@ class ProfileDrivenCostModel(CostModel):
     def time_for_shape(self, shape: tuple) -> float:
         n_pre, pre_tok, n_dec, pre_ctx, dec_ctx, pairs, n_sampled = shape
         if self.attention is not None:
-            attn = self.model.num_layers * self.attention.seconds(n_pre, pre_tok, pre_ctx, n_dec, dec_ctx)
+            # The shape's prefill context counts the chunk itself; the profile is keyed by what was cached before it.
+            attn = self.model.num_layers * self.attention.seconds(n_pre, pre_tok, pre_ctx - pre_tok, n_dec, dec_ctx)
         else:
             attn = self.fallback.attention_seconds(shape)
         return (self._layers(pre_tok + n_dec) + attn + self.fallback.head_seconds(n_sampled)

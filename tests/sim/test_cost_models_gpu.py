@@ -172,6 +172,11 @@ def test_attention_profile_prices_attention_and_rejects_bad_rows(tmp_path):
     no_attn = ProfileDrivenCostModel(costs.profile, model, costs.hardware, costs.fallback)
     extra = costs.time_for_shape(decode8) - (no_attn.time_for_shape(decode8) - no_attn.fallback.attention_seconds(decode8))
     assert extra == pytest.approx(32 * 1e-6 * 8 * 1000 / 100)  # 32 layers x the measured decode
+    # A 100-token chunk after 1000 cached tokens: the shape's context (1100) includes the chunk,
+    # the profile is keyed by the context cached before it (the measured point q=100, c=1000).
+    chunk = (1, 100, 0, 1100, 0, 100 * 1000 + 100 * 101 // 2, 1)
+    extra = costs.time_for_shape(chunk) - (no_attn.time_for_shape(chunk) - no_attn.fallback.attention_seconds(chunk))
+    assert extra == pytest.approx(32 * 1e-6 * 100 * 1100 / 100)
 
     text = (folder / "attention.csv").read_text().replace(",decode,", ",decoding,", 1)
     (folder / "attention.csv").write_text(text)
