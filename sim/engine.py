@@ -120,7 +120,8 @@ def simulate(
             gc.enable()
         if bar is not None:
             bar.close()
-    return RunResult(recorder=recorder, scheduler_config=sched.config, stats=stats, engine="sim",
+    result_type = getattr(recorder, "result_type", None) or RunResult  # streamed runs keep tables on disk
+    return result_type(recorder=recorder, scheduler_config=sched.config, stats=stats, engine="sim",
                      cost_model=cost_model.describe(), wall_s=time.perf_counter() - wall_start)
 
 
