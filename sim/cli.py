@@ -113,11 +113,14 @@ def print_summary(summary: dict, title: str) -> None:
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Write results here.")
 @click.option("--format", "formats", default="parquet,csv", show_default=True, help="Table formats to write.")
 @click.option("--token-times", is_flag=True, help="Also write every output token's time (tokens.*).")
+@click.option("--stream", is_flag=True,
+              help="Write finished requests and steps to --out as they end (parquet): memory bounded by the live "
+                   "requests, for traces of millions of requests.")
 @click.option("--quiet", is_flag=True, help="No progress bar, no summary table.")
 def sim(trace, trace_format, preset, params, seed, limit, model, hardware, dtype, weight_bits, cost_model,
         max_num_seqs, max_num_batched_tokens, max_model_len, block_size, no_chunked_prefill,
         long_prefill_token_threshold, no_prefix_caching, policy, batching, kv_layout, num_blocks,
-        gpu_memory_utilization, slo_ttft_ms, slo_tpot_ms, slo_e2el_ms, out_dir, formats, token_times, quiet):
+        gpu_memory_utilization, slo_ttft_ms, slo_tpot_ms, slo_e2el_ms, out_dir, formats, token_times, stream, quiet):
     """Replay a trace through the discrete-event simulator and print/write its metrics."""
     from sim.cost.base import load_cost_model
     from sim.engine import SimulationStalled, simulate
@@ -150,11 +153,17 @@ def sim(trace, trace_format, preset, params, seed, limit, model, hardware, dtype
         bad = [f for f in fmts if f not in ("parquet", "csv")]
         if bad:
             raise ValueError(f"--format {formats!r}: unknown format(s) {bad}; supported are parquet, csv")
+        if stream and out_dir is None:
+            raise ValueError("--stream writes the tables as the run goes: give --out DIR")
+        if stream and token_times:
+            raise ValueError("--stream keeps no per-token times (that is what bounds its memory); drop --token-times")
         table = _load_trace(trace, preset, trace_format, seed, _parse_params(params))
     except (ValueError, FileNotFoundError, KeyError) as exc:
         raise click.ClickException(str(exc)) from None
 
-    requests = table.iter_requests(block_size=block_size, vocab_size=shape.vocab_size)
+    # Token values only matter to the prefix cache; without it, prompts need not be synthesised.
+    requests = table.iter_requests(block_size=block_size, vocab_size=shape.vocab_size,
+                                   synthesize_tokens=prefix_caching, compact_tokens=True)
     n_total = len(table)
     if limit is not None and limit < n_total:
         requests = itertools.islice(requests, limit)
@@ -170,7 +179,12 @@ def sim(trace, trace_format, preset, params, seed, limit, model, hardware, dtype
                    f"{num_blocks} KV blocks of {block_size}, cost model {cost_model}", err=True)
     progress = not quiet and sys.stderr.isatty()
     try:
-        result = simulate(_Sized(requests, n_total), config, costs, progress=progress)
+        recorder = None
+        if stream:
+            from traces.streaming import StreamingRecorder
+
+            recorder = StreamingRecorder(out_dir)
+        result = simulate(_Sized(requests, n_total), config, costs, progress=progress, recorder=recorder)
     except (ValueError, SimulationStalled) as exc:
         raise click.ClickException(str(exc)) from None
     result.with_slo(

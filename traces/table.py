@@ -13,6 +13,7 @@ are made one at a time by `iter_requests`, so a large trace is never a large lis
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -20,11 +21,12 @@ import numpy as np
 import pandas as pd
 
 from policy.request import Request
-from traces.synth import private_tokens, tokens_from_hashes
+from traces.synth import FIRST_TOKEN, private_tokens, tokens_from_hashes
 
 REQUIRED = ("request_id", "arrival_s", "prompt_len", "output_len")
 OPTIONAL = ("priority", "session_id", "turn", "block_hashes", "hash_block_size", "prompt_token_ids")
 COLUMNS = REQUIRED + OPTIONAL
+_FILLER = (FIRST_TOKEN,)
 STREAM_CHUNK = 8192  # rows turned into Python objects at a time by iter_requests
 
 
@@ -64,11 +66,19 @@ class TraceTable:
         eos_token_id: int | None = None,
         ignore_eos: bool = True,
         max_tokens_cap: int | None = None,
+        synthesize_tokens: bool = True,
+        compact_tokens: bool = False,
     ) -> Iterator[Request]:
         """Policy `Request`s in arrival order, one at a time. Prompt tokens are the trace's
         own when present, else synthesised from block hashes, else private to the request.
         `max_tokens` is the trace's output length (the simulator needs it exact, hence
-        `ignore_eos` by default)."""
+        `ignore_eos` by default).
+
+        `synthesize_tokens=False` gives prompts of one repeated id instead of synthesised ones
+        (about 10x cheaper to build): only for engines that never read token values, i.e. the
+        simulator with prefix caching off. Real tokens in the trace are still used.
+        `compact_tokens=True` stores synthesised prompts as `array('i')` (4 bytes a token; the
+        simulator's choice, so a long waiting queue stays small); the default gives lists."""
         df = self.df
         order = np.argsort(df["arrival_s"].to_numpy(dtype=np.float64), kind="stable")
         columns = [c for c in ("priority", "block_hashes", "hash_block_size", "prompt_token_ids") if c in df.columns]
@@ -88,10 +98,12 @@ class TraceTable:
                 given = tokens[i] if tokens is not None else None
                 if given is not None and len(given):
                     prompt = [int(t) for t in given]
+                elif not synthesize_tokens:
+                    prompt = array("h", _FILLER) * n if compact_tokens else [FIRST_TOKEN] * n  # 2 bytes a token
                 elif hashes is not None and hashes[i] is not None and len(hashes[i]):
-                    prompt = tokens_from_hashes(hashes[i], int(hash_bs[i]), n, vocab_size)
+                    prompt = tokens_from_hashes(hashes[i], int(hash_bs[i]), n, vocab_size, compact=compact_tokens)
                 else:
-                    prompt = private_tokens(rid, n, vocab_size)
+                    prompt = private_tokens(rid, n, vocab_size, compact=compact_tokens)
                 out = output_lens[i]
                 if max_tokens_cap is not None:
                     out = min(out, max_tokens_cap)
