@@ -10,7 +10,7 @@ requests, not the trace length. Peak RSS is `resource.getrusage(RUSAGE_SELF).ru_
 process that ran the case (imports and the trace table included).
 
 Cases and their bars (issue 14):
-  1m          1,000,000 generated requests (Poisson, prompts 64-512, outputs 16-256; Llama-3-8B on
+  1m          1,000,000 generated requests (Poisson at 100/s, prompts 64-512, outputs 16-128; Llama-3-8B on
               H100, prefix caching off)                                         <= 500 MB
   azure-10x   the Azure 2023 conversation trace at 10x its arrival rate (Llama-2-7B on A100,
               chunk 512, batch cap 128, 7,377 blocks, prefix caching off)       <= 300 MB
@@ -44,14 +44,14 @@ def _case(name: str, num_requests: int):
     from sim.cost.roofline import RooflineCostModel
 
     if name == "1m":
-        table = traces.generate("poisson", seed=0, num_requests=num_requests, rate=40.0,
-                                prompt="uniform:64:512", output="uniform:16:256")
+        table = traces.generate("poisson", seed=0, num_requests=num_requests, rate=100.0,
+                                prompt="uniform:64:512", output="uniform:16:128")
         shape, hw = get_model_shape("llama-3-8b"), get_hardware("h100-sxm")
         config = SchedulerConfig(num_blocks=kv_blocks_for(shape, hw, 0.9, 16, "bf16"), block_size=16,
                                  max_model_len=4096, max_num_seqs=256, max_num_batched_tokens=2048,
                                  enable_prefix_caching=False)
         return table, config, RooflineCostModel.from_names("llama-3-8b", "h100-sxm"), False, shape.vocab_size, \
-            f"{num_requests:,} Poisson requests at 40/s, Llama-3-8B / H100, prefix caching off"
+            f"{num_requests:,} Poisson requests at 100/s, Llama-3-8B / H100, prefix caching off"
     if name == "azure-10x":
         if not AZURE_CONV.is_file():
             raise SystemExit(f"skip azure-10x: {AZURE_CONV} is absent")
