@@ -4,8 +4,9 @@
 fine for thousands of requests, gigabytes for a million. `StreamingRecorder` keeps only the
 live requests' timelines. When a request ends, its row of the request table (computed by
 the very `metrics.requests_table` the in-memory path uses) is buffered and written to
-`requests.parquet` in row groups; step records go to `steps.parquet` the same way. Nothing
-per token outlives its request.
+`requests.parquet` in row groups (in the order requests end, with an `_arrival_index` column
+that restores arrival order: `read_requests` does); step records go to `steps.parquet` the
+same way. Nothing per token outlives its request.
 
 Inter-token latency is the one metric that pools every token. It is kept exactly, in
 O(steps) memory: in both engines a request that sampled at the end of the previous step and

@@ -56,3 +56,27 @@ def test_streamed_run_matches_the_in_memory_run(tmp_path, monkeypatch, caching, 
     out = streamed.write(tmp_path / "written", formats=("parquet", "csv"))
     assert pd.read_parquet(out / "requests.parquet").shape == memory.requests_df.shape
     assert FLUSH_ROWS > 97
+
+
+def test_cli_stream_writes_the_same_summary(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from experiments.cli import main
+
+    base = ["sim", "--preset", "azure-conv-like", "--param", "num_requests=150", "--quiet", "--format", "parquet"]
+    assert CliRunner().invoke(main, [*base, "--out", str(tmp_path / "a")]).exit_code == 0
+    res = CliRunner().invoke(main, [*base, "--stream", "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    a = json.loads((tmp_path / "a" / "summary.json").read_text())
+    b = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert b.pop("itl_mean_s") == pytest.approx(a.pop("itl_mean_s"), rel=1e-12)
+    assert a == b
+    # The streamed file is in finish order, with the arrival index to restore the other order.
+    streamed = pd.read_parquet(tmp_path / "b" / "requests.parquet").sort_values("_arrival_index")
+    memory = pd.read_parquet(tmp_path / "a" / "requests.parquet")
+    for col in ("request_id", "ttft_s", "tpot_s", "e2el_s", "output_len", "finish_s"):
+        assert streamed[col].tolist() == memory[col].tolist(), col
+    res = CliRunner().invoke(main, ["sim", "--preset", "azure-conv-like", "--param", "num_requests=5", "--stream"])
+    assert res.exit_code != 0 and "--out" in res.output
