@@ -86,11 +86,11 @@ class TraceTable:
         # a million Python objects at once (the numpy columns stay as they are).
         for lo in range(0, len(order), STREAM_CHUNK):
             rows = order[lo : lo + STREAM_CHUNK]
-            ids = df["request_id"].to_numpy()[rows].tolist()
+            ids = df["request_id"].iloc[rows].tolist()  # (to_numpy() would convert the whole column each chunk)
             arrivals = df["arrival_s"].to_numpy(dtype=np.float64)[rows].tolist()
             prompt_lens = df["prompt_len"].to_numpy(dtype=np.int64)[rows].tolist()
             output_lens = df["output_len"].to_numpy(dtype=np.int64)[rows].tolist()
-            extra = {c: df[c].to_numpy()[rows].tolist() for c in columns}
+            extra = {c: df[c].iloc[rows].tolist() for c in columns}
             priorities, hashes = extra.get("priority"), extra.get("block_hashes")
             hash_bs, tokens = extra.get("hash_block_size"), extra.get("prompt_token_ids")
             for i, rid in enumerate(ids):
