@@ -86,13 +86,16 @@ def run_case(name: str, num_requests: int) -> dict:
                                        compact_tokens=True)
         result = simulate(requests, config, cost, recorder=StreamingRecorder(tmp))
         summary = result.summary
+        steps = result.recorder.read_steps(["num_waiting", "num_requests"])
+        live = int((steps["num_waiting"] + steps["num_requests"]).max()) if len(steps) else 0
     wall = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"case": name, "what": what, "requests": summary["num_requests"], "finished": summary["num_finished"],
             "rejected": summary["num_rejected"], "steps": summary["num_steps"], "wall_s": round(wall, 1),
             "peak_rss_mb": round(peak_mb, 1), "bar_mb": BARS_MB[name],
             "ttft_p90_s": summary["ttft_p90_s"], "makespan_s": summary["makespan_s"],
-            "preemptions": summary["num_preemptions"], "prefix_hit_rate": summary["prefix_hit_rate"]}
+            "preemptions": summary["num_preemptions"], "prefix_hit_rate": summary["prefix_hit_rate"],
+            "max_live_requests": live}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         r = json.loads(line)
         verdict = "PASS" if r["peak_rss_mb"] <= r["bar_mb"] else "FAIL"
         print(f"{name}: {r['what']}: {r['finished']:,} finished, {r['rejected']} rejected, {r['steps']:,} steps, "
-              f"wall {r['wall_s']} s, peak RSS {r['peak_rss_mb']} MB (bar {r['bar_mb']} MB: {verdict})")
+              f"at most {r['max_live_requests']:,} live (running + waiting), wall {r['wall_s']} s, peak RSS {r['peak_rss_mb']} MB (bar {r['bar_mb']} MB: {verdict})")
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 

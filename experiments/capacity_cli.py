@@ -111,8 +111,10 @@ def capacity(trace, preset, params, seed, limit, slo, grid, model, hardware, dty
         from rich.table import Table
 
         table = Table(title=f"capacity under {slo} ({wall:.1f} s)")
-        for col in ("rank", "configuration", "max rate (req/s)", "scale", "probes", "at max: " + ", ".join(t.key for t in terms)):
-            table.add_column(col, justify="right" if col != "configuration" else "left")
+        table.add_column("rank", justify="right")
+        table.add_column("configuration", overflow="fold")
+        for col in ("max rate (req/s)", "scale", "probes", ", ".join(t.key.removesuffix("_s") for t in terms) + " at max"):
+            table.add_column(col, justify="right")
         for i, r in enumerate(ranked, 1):
             best = max((p for p in r.probes if p.meets), key=lambda p: p.scale, default=None)
             at = ", ".join("-" if best is None or best.values.get(t.key) is None else f"{1e3 * best.values[t.key]:.1f} ms"

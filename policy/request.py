@@ -79,7 +79,13 @@ class Request:
 
     def __post_init__(self) -> None:
         prompt = self.prompt_token_ids
-        if isinstance(prompt, array):
+        bind = getattr(prompt, "bind_request", None)
+        if bind is not None:
+            # Tokens made on first read (the simulator's long waiting queues): one stand-in
+            # answers len() for both lists and installs real ones here when a value is read.
+            bind(self)
+            self.all_token_ids = prompt
+        elif isinstance(prompt, array):
             # Compact storage (4 bytes a token instead of a list's 8 plus an int object each):
             # the simulator's traces hold long prompts for every waiting request. An array
             # behaves as the list of ints would everywhere the policy reads tokens.

@@ -15,18 +15,24 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
 from policy.request import Request
+from traces.lazy_tokens import LazyTokens
 from traces.synth import FIRST_TOKEN, private_tokens, tokens_from_hashes
 
 REQUIRED = ("request_id", "arrival_s", "prompt_len", "output_len")
 OPTIONAL = ("priority", "session_id", "turn", "block_hashes", "hash_block_size", "prompt_token_ids")
 COLUMNS = REQUIRED + OPTIONAL
 _FILLER = (FIRST_TOKEN,)
+
+
+def _filler_tokens(n: int) -> array:
+    return array("h", _FILLER) * n  # 2 bytes a token: values nobody reads
 STREAM_CHUNK = 8192  # rows turned into Python objects at a time by iter_requests
 
 
@@ -77,8 +83,10 @@ class TraceTable:
         `synthesize_tokens=False` gives prompts of one repeated id instead of synthesised ones
         (about 10x cheaper to build): only for engines that never read token values, i.e. the
         simulator with prefix caching off. Real tokens in the trace are still used.
-        `compact_tokens=True` stores synthesised prompts as `array('i')` (4 bytes a token; the
-        simulator's choice, so a long waiting queue stays small); the default gives lists."""
+        `compact_tokens=True` (the simulator's choice) gives `traces.lazy_tokens.LazyTokens`
+        prompts: synthesised only when the scheduler first reads a value, then stored as
+        `array('i')` (4 bytes a token), so a long waiting queue holds lengths, not tokens.
+        The default gives lists, made at once."""
         df = self.df
         order = np.argsort(df["arrival_s"].to_numpy(dtype=np.float64), kind="stable")
         columns = [c for c in ("priority", "block_hashes", "hash_block_size", "prompt_token_ids") if c in df.columns]
@@ -99,11 +107,17 @@ class TraceTable:
                 if given is not None and len(given):
                     prompt = [int(t) for t in given]
                 elif not synthesize_tokens:
-                    prompt = array("h", _FILLER) * n if compact_tokens else [FIRST_TOKEN] * n  # 2 bytes a token
+                    prompt = LazyTokens(n, partial(_filler_tokens, n)) if compact_tokens else [FIRST_TOKEN] * n
                 elif hashes is not None and hashes[i] is not None and len(hashes[i]):
-                    prompt = tokens_from_hashes(hashes[i], int(hash_bs[i]), n, vocab_size, compact=compact_tokens)
+                    if compact_tokens:
+                        prompt = LazyTokens(n, partial(tokens_from_hashes, hashes[i], int(hash_bs[i]), n, vocab_size,
+                                                       compact=True))
+                    else:
+                        prompt = tokens_from_hashes(hashes[i], int(hash_bs[i]), n, vocab_size)
+                elif compact_tokens:
+                    prompt = LazyTokens(n, partial(private_tokens, rid, n, vocab_size, compact=True))
                 else:
-                    prompt = private_tokens(rid, n, vocab_size, compact=compact_tokens)
+                    prompt = private_tokens(rid, n, vocab_size)
                 out = output_lens[i]
                 if max_tokens_cap is not None:
                     out = min(out, max_tokens_cap)

@@ -25,11 +25,21 @@ def run(caching: bool, **kw):
     return simulate(TABLE.iter_requests(block_size=16, vocab_size=32000, **kw), config, COST)
 
 
-def test_compact_prompts_are_arrays_with_the_same_tokens():
+def test_compact_prompts_are_made_on_first_read_with_the_same_tokens():
+    from traces.lazy_tokens import LazyTokens
+
     lists = list(TABLE.iter_requests(vocab_size=32000))
-    arrays = list(TABLE.iter_requests(vocab_size=32000, compact_tokens=True))
-    assert all(isinstance(r.prompt_token_ids, array) and isinstance(r.all_token_ids, array) for r in arrays)
-    assert [list(r.prompt_token_ids) for r in arrays] == [r.prompt_token_ids for r in lists]
+    lazy = list(TABLE.iter_requests(vocab_size=32000, compact_tokens=True))
+    first = lazy[0]
+    assert isinstance(first.prompt_token_ids, LazyTokens) and first.all_token_ids is first.prompt_token_ids
+    assert len(first.all_token_ids) == first.num_prompt_tokens == len(lists[0].prompt_token_ids)
+    assert first.num_output_tokens == 0 and isinstance(first.prompt_token_ids, LazyTokens)  # len() made nothing
+    assert [list(r.prompt_token_ids) for r in lazy] == [r.prompt_token_ids for r in lists]
+    assert all(isinstance(r.prompt_token_ids, array) and isinstance(r.all_token_ids, array)
+               and r.all_token_ids is not r.prompt_token_ids for r in lazy)
+    r = list(TABLE.iter_requests(vocab_size=32000, compact_tokens=True))[1]
+    r.all_token_ids.append(7)  # an append installs real arrays first, then extends only all_token_ids
+    assert r.num_output_tokens == 1 and list(r.output_token_ids) == [7]
 
 
 def test_compact_prompts_hit_the_prefix_cache_as_lists_do():
