@@ -85,6 +85,7 @@ def run_case(name: str, num_requests: int) -> dict:
         requests = table.iter_requests(block_size=config.block_size, vocab_size=vocab, synthesize_tokens=synth,
                                        compact_tokens=True)
         result = simulate(requests, config, cost, recorder=StreamingRecorder(tmp))
+        del requests, table  # the trace table is not needed for the summary
         summary = result.summary
         steps = result.recorder.read_steps(["num_waiting", "num_requests"])
         live = int((steps["num_waiting"] + steps["num_requests"]).max()) if len(steps) else 0

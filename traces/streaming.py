@@ -173,11 +173,19 @@ class StreamingRecorder(TimelineRecorder):
         self.closed = True
 
     # -- reading back -------------------------------------------------------------------
-    def read_requests(self, columns: list[str] | None = None) -> pd.DataFrame:
-        """The request table in arrival order (the order the in-memory table has)."""
+    def read_requests(self, columns: list[str] | None = None, *, plain: bool = False) -> pd.DataFrame:
+        """The request table in arrival order (the order the in-memory table has).
+        `plain=True` leaves `status` categorical and the text columns as read (the summary's
+        way: a million rows of Python strings would be most of its memory)."""
+        import pyarrow.compute as pc
+
         cols = None if columns is None else list(dict.fromkeys([*columns, SEQ]))
-        df = pq.read_table(self.requests_path, columns=cols).to_pandas()
-        df = df.sort_values(SEQ, kind="stable").drop(columns=SEQ).reset_index(drop=True)
+        table = pq.read_table(self.requests_path, columns=cols, read_dictionary=["status"] if plain else None)
+        table = table.take(pc.sort_indices(table[SEQ])).drop_columns([SEQ])
+        df = table.to_pandas(self_destruct=True, split_blocks=True)
+        del table
+        if plain:
+            return df
         for col in ("request_id", "status", "finish_reason", "reject_reason"):  # the in-memory table's dtypes
             if col in df.columns:
                 values = df[col].astype(object)
@@ -217,7 +225,7 @@ def summarize_streamed(recorder: StreamingRecorder, **slo) -> dict:
     """`metrics.summarize` over the columns it reads, loaded back from disk, with ITL from
     the recorder's per-step counts."""
     recorder.close()
-    requests = recorder.read_requests(_SUMMARY_REQUEST_COLUMNS)
+    requests = recorder.read_requests(_SUMMARY_REQUEST_COLUMNS, plain=True)
     steps = recorder.read_steps(_SUMMARY_STEP_COLUMNS)
     out = metrics.summarize(requests, steps, None, **slo)
     out.update({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
