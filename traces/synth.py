@@ -51,20 +51,26 @@ def _tokens(block_keys: np.ndarray, block_len: int, prompt_len: int, vocab_size:
     return z
 
 
-_OFFSET_CACHE: dict[tuple[int, int], np.ndarray] = {}
+_OFFSET_CACHE: dict[int, np.ndarray] = {}
 
 
 def _offsets(block_len: int, prompt_len: int) -> np.ndarray:
-    """Position inside its block for every prompt position (cached by shape; prompt lengths repeat)."""
-    key = (block_len, prompt_len)
+    """Position inside its block, times the golden ratio, for every prompt position:
+    (j % block_len) * M1. One array per block length, grown to the longest prompt seen and
+    sliced (a cache keyed by prompt length too held hundreds of MB on traces whose prompt
+    lengths rarely repeat)."""
+    key = block_len if block_len < prompt_len else 0  # 0: the prompt is one block, plain positions
     cached = _OFFSET_CACHE.get(key)
-    if cached is None:
-        cached = np.arange(prompt_len, dtype=np.uint64) * _M1  # position j -> j * golden ratio (distinct, spread)
-        if block_len < prompt_len:
-            cached = np.tile(cached[:block_len], -(-prompt_len // block_len))[:prompt_len]
-        if len(_OFFSET_CACHE) < 4096:
+    if cached is None or len(cached) < prompt_len:
+        n = max(prompt_len, 2 * len(cached) if cached is not None else 0)
+        positions = np.arange(n, dtype=np.uint64)
+        if key:
+            positions %= np.uint64(block_len)
+        with np.errstate(over="ignore"):
+            cached = positions * _M1
+        if key in _OFFSET_CACHE or len(_OFFSET_CACHE) < 64:
             _OFFSET_CACHE[key] = cached
-    return cached
+    return cached[:prompt_len]
 
 
 def tokens_from_hashes(hash_ids, hash_block_size: int, prompt_len: int, vocab_size: int, *,
