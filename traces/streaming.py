@@ -216,21 +216,88 @@ class StreamingRecorder(TimelineRecorder):
         return out
 
 
-_SUMMARY_REQUEST_COLUMNS = ["status", "arrival_s", "finish_s", "prompt_len", "output_len", "ttft_s", "tpot_s",
-                            "e2el_s", "queue_s", "first_scheduled_s", "num_cached_tokens", "num_preemptions"]
-_SUMMARY_STEP_COLUMNS = ["duration_s", "kv_usage", "num_requests", "num_prefill_tokens", "num_decode_tokens"]
+def summarize_streamed(recorder: StreamingRecorder, *, slo_ttft_s: float | None = None,
+                       slo_tpot_s: float | None = None, slo_e2el_s: float | None = None) -> dict:
+    """`metrics.summarize`, computed one column at a time from the files on disk (a million
+    rows as a DataFrame, plus the filtered copies `summarize` makes, would be most of a
+    streamed run's memory). The same numpy operations on the same arrays in the same
+    (arrival) order, so the same numbers; `tests/traces/test_streaming.py` compares the two
+    on every key. Keep the two in step when `metrics.summarize` changes."""
+    import pyarrow.compute as pc
 
-
-def summarize_streamed(recorder: StreamingRecorder, **slo) -> dict:
-    """`metrics.summarize` over the columns it reads, loaded back from disk, with ITL from
-    the recorder's per-step counts."""
     recorder.close()
-    requests = recorder.read_requests(_SUMMARY_REQUEST_COLUMNS, plain=True)
-    steps = recorder.read_steps(_SUMMARY_STEP_COLUMNS)
-    out = metrics.summarize(requests, steps, None, **slo)
+    path = recorder.requests_path
+    order = np.argsort(pq.read_table(path, columns=[SEQ])[SEQ].to_numpy(), kind="stable")
+
+    def col(name: str) -> np.ndarray:
+        return pq.read_table(path, columns=[name])[name].to_numpy()[order]
+
+    status = pq.read_table(path, columns=["status"])["status"]
+    finished, aborted, rejected = (pc.equal(status, v).to_numpy(zero_copy_only=False)[order]
+                                   for v in ("finished", "aborted", "rejected"))
+    del status
+    n = len(order)
+    done = finished
+    n_finished = int(done.sum())
+    out: dict = {
+        "num_requests": n, "num_finished": n_finished, "num_aborted": int(aborted.sum()),
+        "num_rejected": int(rejected.sum()), "num_unfinished": int((~(finished | aborted | rejected)).sum()),
+    }
+    arrival = col("arrival_s")
+    first_arrival = float(np.nanmin(arrival)) if n else 0.0
+    del arrival
+    ended = finished | aborted
+    finish = col("finish_s")[ended]
+    last_finish = float(np.nanmax(finish)) if len(finish) else first_arrival
+    del finish
+    makespan = last_finish - first_arrival
+    out["first_arrival_s"] = first_arrival
+    out["last_finish_s"] = last_finish
+    out["makespan_s"] = makespan
+    prompt = col("prompt_len")
+    in_tokens = int(prompt[done].sum())
+    out_tokens = int(col("output_len")[done].sum())
+    out["total_input_tokens"] = in_tokens
+    out["total_output_tokens"] = out_tokens
+    per_s = (lambda x: x / makespan) if makespan > 0 else (lambda x: None)
+    out["request_throughput"] = per_s(n_finished)
+    out["output_throughput"] = per_s(out_tokens)
+    out["total_token_throughput"] = per_s(in_tokens + out_tokens)
+    slos = {"ttft_s": slo_ttft_s, "tpot_s": slo_tpot_s, "e2el_s": slo_e2el_s}
+    if any(v is not None for v in slos.values()):
+        good = np.ones(n_finished, dtype=bool)
+        for name, limit in slos.items():
+            if limit is not None:
+                values = col(name)[done]
+                good &= np.isnan(values) | (values <= limit) if name == "tpot_s" else values <= limit
+        out["slo"] = {k: v for k, v in slos.items() if v is not None}
+        out["num_good"] = int(good.sum())
+        out["goodput"] = per_s(int(good.sum()))
+    for name in ("ttft", "tpot", "e2el", "queue"):
+        out.update(metrics._stats(name, col(f"{name}_s")[done].astype(float)))
     out.update({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                 for k, v in recorder.itl_summary().items()})
-    return out
+    admitted = ~np.isnan(col("first_scheduled_s"))
+    hit = int(col("num_cached_tokens")[admitted].sum())
+    queried = int(prompt[admitted].sum())
+    out["prefix_hit_tokens"] = hit
+    out["prefix_query_tokens"] = queried
+    out["prefix_hit_rate"] = hit / queried if queried else None
+    preemptions = col("num_preemptions")
+    out["num_preemptions"] = int(preemptions.sum())
+    out["num_preempted_requests"] = int((preemptions > 0).sum())
+    steps = recorder.read_steps(["duration_s", "kv_usage", "num_requests", "num_prefill_tokens", "num_decode_tokens"])
+    out["num_steps"] = int(len(steps))
+    if len(steps):
+        dur = steps["duration_s"].to_numpy()
+        usage = steps["kv_usage"].to_numpy()
+        busy = float(dur.sum())
+        out["busy_s"] = busy
+        out["kv_usage_mean"] = float((usage * dur).sum() / busy) if busy > 0 else float(usage.mean())
+        out["kv_usage_max"] = float(usage.max())
+        out["mean_batch_requests"] = float(steps["num_requests"].mean())
+        out["mean_batch_tokens"] = float((steps["num_prefill_tokens"] + steps["num_decode_tokens"]).mean())
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
 
 
 def weighted_percentile(values: np.ndarray, weights: np.ndarray, percentiles) -> list[float]:

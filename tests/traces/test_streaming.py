@@ -53,6 +53,10 @@ def test_streamed_run_matches_the_in_memory_run(tmp_path, monkeypatch, caching, 
             assert a[key] == pytest.approx(b[key], rel=1e-12)
         else:
             assert a[key] == b[key], key
+    slo = dict(slo_ttft_s=0.05, slo_tpot_s=0.01, slo_e2el_s=2.0)
+    a, b = streamed.with_slo(**slo).summary, memory.with_slo(**slo).summary
+    assert 0 < a["num_good"] < a["num_finished"]
+    assert {k: v for k, v in a.items() if k != "itl_mean_s"} == {k: v for k, v in b.items() if k != "itl_mean_s"}
     out = streamed.write(tmp_path / "written", formats=("parquet", "csv"))
     assert pd.read_parquet(out / "requests.parquet").shape == memory.requests_df.shape
     assert FLUSH_ROWS > 97
