@@ -11,6 +11,7 @@ import click
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "trace": ("traces.cli:trace", "Read, convert, generate and describe request traces."),
     "sim": ("sim.cli:sim", "Replay a trace through the discrete-event simulator."),
+    "capacity": ("experiments.run.capacity_cli:capacity", "Highest request rate each configuration takes within an SLO."),
     "model": ("executor.cli:model", "Prepare the embedded SmolLM2 model or write random models of real shapes."),
     "generate": ("executor.cli:generate", "Generate text offline with the paged-KV engine."),
     "replay": ("executor.cli:replay", "Replay a trace in real time through the real engine."),

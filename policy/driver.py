@@ -124,6 +124,11 @@ class StepDriver:
         self._prefix0 = (stats.queries_tokens, stats.hit_tokens)
         self._preemptions0 = scheduler.num_preemptions
         self.on_finished: Callable[[Request], None] | None = None
+        # Called by `run` after every executed step with the plan, its result and the next
+        # arrival not yet submitted (None when the stream is exhausted). The simulator uses
+        # it to advance decode-only stretches in bulk (sim/decode_runs.py); the executor
+        # leaves it unset.
+        self.after_step: Callable[[SchedulerOutput, StepResult, Request | None], None] | None = None
 
     # -- requests in ----------------------------------------------------------------------
     def submit(self, request: Request) -> bool:
@@ -217,6 +222,8 @@ class StepDriver:
                     clock.wait_until(pending.arrival_time)
                     continue
                 self._stalled()
+            elif self.after_step is not None:
+                self.after_step(plan, result, pending)
             if on_progress is not None and not plan.step_id & 255:
                 on_progress(self.stats)
         return self.finish_stats()

@@ -9,6 +9,7 @@ only the fields that decide *when a request stops* are policy.
 from __future__ import annotations
 
 import enum
+from array import array
 from dataclasses import dataclass, field
 
 
@@ -77,9 +78,22 @@ class Request:
     stop_token: int | None = None
 
     def __post_init__(self) -> None:
-        self.prompt_token_ids = list(self.prompt_token_ids)
+        prompt = self.prompt_token_ids
+        bind = getattr(prompt, "bind_request", None)
+        if bind is not None:
+            # Tokens made on first read (the simulator's long waiting queues): one stand-in
+            # answers len() for both lists and installs real ones here when a value is read.
+            bind(self)
+            self.all_token_ids = prompt
+        elif isinstance(prompt, array):
+            # Compact storage (4 bytes a token instead of a list's 8 plus an int object each):
+            # the simulator's traces hold long prompts for every waiting request. An array
+            # behaves as the list of ints would everywhere the policy reads tokens.
+            self.all_token_ids = array(prompt.typecode, prompt)
+        else:
+            self.prompt_token_ids = list(prompt)
+            self.all_token_ids = list(self.prompt_token_ids)
         self.stop_token_ids = tuple(self.stop_token_ids)
-        self.all_token_ids = list(self.prompt_token_ids)
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -120,10 +120,17 @@ def print_summary(summary: dict, title: str) -> None:
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Write results here.")
 @click.option("--format", "formats", default="parquet,csv", show_default=True, help="Table formats to write.")
 @click.option("--token-times", is_flag=True, help="Also write every output token's time (tokens.*).")
+@click.option("--replicas", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Identical replicas behind a router (cluster and per-replica metrics).")
+@click.option("--router", "router_name", default="round-robin", show_default=True,
+              help="round-robin, least-tokens or prefix-aware (used when --replicas > 1).")
+@click.option("--stream", is_flag=True,
+              help="Write finished requests and steps to --out as they end (parquet): memory bounded by the live "
+                   "requests, for traces of millions of requests.")
 @click.option("--quiet", is_flag=True, help="No progress bar, no summary table.")
 def sim(trace, trace_format, arrival_mode, preset, params, seed, limit, model, hardware, dtype, weight_bits, cost_model, tp,
-        gpu_memory_utilization, slo_ttft_ms, slo_tpot_ms, slo_e2el_ms, out_dir, formats, token_times, quiet,
-        allow_long_max_model_len, **knobs):
+        gpu_memory_utilization, slo_ttft_ms, slo_tpot_ms, slo_e2el_ms, out_dir, formats, token_times, replicas,
+        router_name, stream, quiet, allow_long_max_model_len, **knobs):
     """Replay a trace through the discrete-event simulator and print/write its metrics.
 
     Every scheduling knob of SchedulerConfig is an option here (same names and defaults as
@@ -156,11 +163,22 @@ def sim(trace, trace_format, arrival_mode, preset, params, seed, limit, model, h
         bad = [f for f in fmts if f not in ("parquet", "csv")]
         if bad:
             raise ValueError(f"--format {formats!r}: unknown format(s) {bad}; supported are parquet, csv")
+        from policy.router import build_router
+
+        router = build_router(router_name, replicas)
+        if replicas > 1 and (stream or token_times):
+            raise ValueError("--replicas > 1 keeps each replica's tables in memory: drop --stream / --token-times")
+        if stream and out_dir is None:
+            raise ValueError("--stream writes the tables as the run goes: give --out DIR")
+        if stream and token_times:
+            raise ValueError("--stream keeps no per-token times (that is what bounds its memory); drop --token-times")
         table = _load_trace(trace, preset, trace_format, seed, _parse_params(params), arrival_mode)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         raise click.ClickException(str(exc)) from None
 
-    requests = table.iter_requests(block_size=block_size, vocab_size=shape.vocab_size)
+    # Token values only matter to the prefix cache; without it, prompts need not be synthesised.
+    requests = table.iter_requests(block_size=block_size, vocab_size=shape.vocab_size,
+                                   synthesize_tokens=config.enable_prefix_caching, compact_tokens=True)
     n_total = len(table)
     if limit is not None and limit < n_total:
         requests = itertools.islice(requests, limit)
@@ -175,8 +193,19 @@ def sim(trace, trace_format, arrival_mode, preset, params, seed, limit, model, h
         click.echo(f"simulating {n_total} requests: {shape.name} on {hardware} ({dtype}, {bits}-bit weights), "
                    f"{num_blocks} KV blocks of {block_size}, cost model {cost_model}", err=True)
     progress = not quiet and sys.stderr.isatty()
+    if replicas > 1:
+        _run_cluster(requests, n_total, config, costs, router, progress, out_dir, fmts, quiet, trace or preset,
+                     dict(slo_ttft_s=None if slo_ttft_ms is None else slo_ttft_ms / 1e3,
+                          slo_tpot_s=None if slo_tpot_ms is None else slo_tpot_ms / 1e3,
+                          slo_e2el_s=None if slo_e2el_ms is None else slo_e2el_ms / 1e3))
+        return
     try:
-        result = simulate(_Sized(requests, n_total), config, costs, progress=progress)
+        recorder = None
+        if stream:
+            from traces.streaming import StreamingRecorder
+
+            recorder = StreamingRecorder(out_dir)
+        result = simulate(_Sized(requests, n_total), config, costs, progress=progress, recorder=recorder)
     except (ValueError, SimulationStalled) as exc:
         raise click.ClickException(str(exc)) from None
     result.with_slo(
@@ -196,6 +225,44 @@ def sim(trace, trace_format, arrival_mode, preset, params, seed, limit, model, h
                    f"{steps / max(result.wall_s, 1e-9):.0f} steps/s", err=True)
         if out_dir is not None:
             click.echo(f"wrote {out_dir}", err=True)
+
+
+def _run_cluster(requests, n_total, config, costs, router, progress, out_dir, fmts, quiet, title, slo) -> None:
+    from sim.cluster import simulate_cluster
+    from sim.engine import SimulationStalled
+
+    try:
+        cluster = simulate_cluster(_Sized(requests, n_total), config, costs, router, progress=progress)
+    except (ValueError, SimulationStalled) as exc:
+        raise click.ClickException(str(exc)) from None
+    for replica in cluster.replicas:
+        replica.with_slo(**slo)
+    summary = cluster.summary
+    if out_dir is not None:
+        cluster.write(out_dir, formats=fmts)
+    if quiet:
+        return
+    print_summary(summary, f"folovllm sim: {title}, {len(cluster.replicas)} replicas, router {cluster.router}")
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="per replica")
+    for col in ("replica", "routed", "finished", "TTFT p50 / p90 ms", "TPOT p50 ms", "prefix hit", "KV mean",
+                "preemptions", "busy s"):
+        table.add_column(col, justify="right")
+    for i, rep in enumerate(summary["per_replica"]):
+        def ms(v):
+            return "-" if v is None else f"{1e3 * v:.1f}"
+        table.add_row(str(i), str(summary["routed"][i]), str(rep["num_finished"]),
+                      f"{ms(rep['ttft_p50_s'])} / {ms(rep['ttft_p90_s'])}", ms(rep["tpot_p50_s"]),
+                      "-" if rep["prefix_hit_rate"] is None else f"{rep['prefix_hit_rate']:.3f}",
+                      "-" if rep["kv_usage_mean"] is None else f"{rep['kv_usage_mean']:.3f}",
+                      str(rep["num_preemptions"]), f"{summary['busy_s_per_replica'][i]:.1f}")
+    Console().print(table)
+    click.echo(f"load imbalance (max / mean): requests {summary['load_imbalance_requests']:.3f}, busy time "
+               f"{summary['load_imbalance_busy'] or 0:.3f}; wall {cluster.wall_s:.2f}s", err=True)
+    if out_dir is not None:
+        click.echo(f"wrote {out_dir}", err=True)
 
 
 class _Sized:

@@ -70,9 +70,12 @@ def engine(tmp_path_factory):
     return LLMEngine(model_dir, device="cpu", load_tokenizer=False, **CONFIG)
 
 
-def run_both(engine):
+def run_both(engine, decode_runs: bool = False):
+    """`decode_runs=False`: the simulator makes every plan (so plans can be compared); with
+    True it advances decode-only stretches in bulk and only timelines and steps exist."""
     sim_log, exe_log = PlanLog(), PlanLog()
-    sim = simulate(workload(engine.config.vocab_size), SchedulerConfig(**CONFIG), COST, recorder=sim_log)
+    sim = simulate(workload(engine.config.vocab_size), SchedulerConfig(**CONFIG), COST, recorder=sim_log,
+                   decode_runs=decode_runs)
     engine.reset_scheduler()
     exe = engine.replay(workload(engine.config.vocab_size), clock=VirtualClock(), step_duration=COST.time_for_shape,
                         recorder=exe_log)
@@ -94,6 +97,14 @@ def test_same_plans_and_timelines_with_the_same_step_durations(engine):
     assert len(sim_log.plans) == len(exe_log.plans)
     for a, b in zip(sim_log.plans, exe_log.plans):
         assert a == b
+    assert sim.stats == exe.stats
+    assert sim_log.timelines == exe_log.timelines
+    assert sim_log.steps == exe_log.steps
+
+
+def test_bulk_decode_stretches_give_the_executors_timelines(engine):
+    sim, sim_log, exe, exe_log = run_both(engine, decode_runs=True)
+    assert len(sim_log.plans) < len(exe_log.plans), "some decode stretch should have been advanced in bulk"
     assert sim.stats == exe.stats
     assert sim_log.timelines == exe_log.timelines
     assert sim_log.steps == exe_log.steps

@@ -10,6 +10,8 @@ a prefix by accident. Everything is vectorised with numpy (about 20 ns a token, 
 
 from __future__ import annotations
 
+from array import array
+
 import numpy as np
 import xxhash
 
@@ -51,23 +53,30 @@ def _tokens(block_keys: np.ndarray, block_len: int, prompt_len: int, vocab_size:
     return z
 
 
-_OFFSET_CACHE: dict[tuple[int, int], np.ndarray] = {}
+_OFFSET_CACHE: dict[int, np.ndarray] = {}
 
 
 def _offsets(block_len: int, prompt_len: int) -> np.ndarray:
-    """Position inside its block for every prompt position (cached by shape; prompt lengths repeat)."""
-    key = (block_len, prompt_len)
+    """Position inside its block, times the golden ratio, for every prompt position:
+    (j % block_len) * M1. One array per block length, grown to the longest prompt seen and
+    sliced (a cache keyed by prompt length too held hundreds of MB on traces whose prompt
+    lengths rarely repeat)."""
+    key = block_len if block_len < prompt_len else 0  # 0: the prompt is one block, plain positions
     cached = _OFFSET_CACHE.get(key)
-    if cached is None:
-        cached = np.arange(prompt_len, dtype=np.uint64) * _M1  # position j -> j * golden ratio (distinct, spread)
-        if block_len < prompt_len:
-            cached = np.tile(cached[:block_len], cdiv(prompt_len, block_len))[:prompt_len]
-        if len(_OFFSET_CACHE) < 4096:
+    if cached is None or len(cached) < prompt_len:
+        n = max(prompt_len, 2 * len(cached) if cached is not None else 0)
+        positions = np.arange(n, dtype=np.uint64)
+        if key:
+            positions %= np.uint64(block_len)
+        with np.errstate(over="ignore"):
+            cached = positions * _M1
+        if key in _OFFSET_CACHE or len(_OFFSET_CACHE) < 64:
             _OFFSET_CACHE[key] = cached
-    return cached
+    return cached[:prompt_len]
 
 
-def tokens_from_hashes(hash_ids, hash_block_size: int, prompt_len: int, vocab_size: int) -> list[int]:
+def tokens_from_hashes(hash_ids, hash_block_size: int, prompt_len: int, vocab_size: int, *,
+                       compact: bool = False) -> list[int] | array:
     """`prompt_len` tokens where block k (of `hash_block_size` tokens) is a function of
     `hash_ids[k]` alone. The last block may be partial; missing trailing ids are an error."""
     needed = cdiv(prompt_len, hash_block_size)
@@ -77,11 +86,21 @@ def tokens_from_hashes(hash_ids, hash_block_size: int, prompt_len: int, vocab_si
             f"but prompt_len is {prompt_len} (block size {hash_block_size})"
         )
     keys = np.asarray(hash_ids[:needed], dtype=np.int64).astype(np.uint64)
-    return _tokens(keys, hash_block_size, prompt_len, vocab_size).tolist()
+    return _out(_tokens(keys, hash_block_size, prompt_len, vocab_size), compact)
 
 
-def private_tokens(request_id: str, prompt_len: int, vocab_size: int) -> list[int]:
+def private_tokens(request_id: str, prompt_len: int, vocab_size: int, *, compact: bool = False) -> list[int] | array:
     """Tokens no other request shares (seeded by the request id, stable across runs): one
     prompt-long "block" whose key lives outside any trace's hash-id range."""
     key = np.uint64(xxhash.xxh64_intdigest(request_id.encode())) | _PRIVATE_DOMAIN
-    return _tokens(np.array([key], dtype=np.uint64), max(prompt_len, 1), prompt_len, vocab_size).tolist()
+    return _out(_tokens(np.array([key], dtype=np.uint64), max(prompt_len, 1), prompt_len, vocab_size), compact)
+
+
+def _out(tokens: np.ndarray, compact: bool) -> list[int] | array:
+    """A list of ints, or (compact) an `array('i')`: 4 bytes a token, built without an int
+    object per token (what a long prompt waiting in a simulated queue should cost)."""
+    if not compact:
+        return tokens.tolist()
+    out = array("i")
+    out.frombytes(tokens.astype(np.int32).tobytes())
+    return out

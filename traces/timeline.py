@@ -158,3 +158,11 @@ class TimelineRecorder:
                 n_sampled,
             )
         )
+
+    def on_decode_run(self, request_ids: list[str], steps: list[StepRecord], end_times: list[float]) -> None:
+        """Record a stretch of decode-only steps the simulator advanced in bulk: every
+        request in `request_ids` sampled one token at each step's end."""
+        timelines = self.timelines
+        for request_id in request_ids:
+            timelines[request_id].token_times.extend(end_times)
+        self.steps.extend(steps)

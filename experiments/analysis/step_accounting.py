@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None)
     ap.add_argument("--hardware", default=None)
     args = ap.parse_args(argv)
-    from sim.cost.base import load_cost_model
+    from sim.cost.registry import build_cost_model as load_cost_model
 
     model = load_cost_model(args.profile, model=args.model, hardware=args.hardware)
     print(format_accounting(account_runs([_steps_path(r) for r in args.runs], model)))

@@ -2,7 +2,7 @@
 Llama-3-8B / H100 roofline model and print wall time (median of a few runs), CPU time,
 simulated requests/s and steps/s of wall time.
 
-    python -m experiments.bench.sim [--repeats 3] [--limit N] [--profile]
+    python -m experiments.bench.sim [--repeats 3] [--limit N] [--profile] [--trace FILE] [--step-by-step]
 
 Falls back to the generated "azure-conv-like" preset when ../shared/traces is absent (and
 says so). `--profile` runs cProfile once and prints where the time goes, per layer and per
@@ -29,8 +29,10 @@ AZURE_CONV = azure_conv_trace()
 MODEL, HARDWARE = "llama-3-8b", "h100-sxm"
 
 
-def load_trace(limit: int | None):
-    if AZURE_CONV.is_file():
+def load_trace(limit: int | None, path: str | None = None):
+    if path is not None:
+        table, source = traces.load(path), f"trace {path}"
+    elif AZURE_CONV.is_file():
         table, source = traces.load(AZURE_CONV), f"Azure conv trace {AZURE_CONV}"
     else:
         table = traces.generate("azure-conv-like", seed=0, num_requests=19_366)  # the real trace's size
@@ -81,9 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--limit", type=int, default=None, help="only the first N requests")
     parser.add_argument("--profile", action="store_true", help="one extra cProfile'd run, then the hotspots")
+    parser.add_argument("--trace", default=None, help="trace file (default: ../shared's Azure conversation trace)")
+    parser.add_argument("--step-by-step", action="store_true",
+                        help="make every plan (no bulk decode stretches): the figure before sim/decode_runs.py")
     args = parser.parse_args(argv)
+    decode_runs = not args.step_by_step
 
-    table, n, source = load_trace(args.limit)
+    table, n, source = load_trace(args.limit, args.trace)
     print(f"trace: {source}; {n} requests")
     shape, hw = get_model_shape(MODEL), get_hardware(HARDWARE)
     config = SchedulerConfig(num_blocks=kv_blocks_for(shape, hw, 0.9, 16, "bf16"), block_size=16,
@@ -99,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         t0, c0 = time.perf_counter(), time.process_time()
         requests = build_requests(table, n, config.block_size, shape.vocab_size)
         t1, c1 = time.perf_counter(), time.process_time()
-        result = simulate(requests, config, cost)
+        result = simulate(requests, config, cost, decode_runs=decode_runs)
         summary = result.summary  # metrics are part of the replay
         t2, c2 = time.perf_counter(), time.process_time()
         builds.append(c1 - c0)
@@ -117,13 +123,15 @@ def main(argv: list[str] | None = None) -> int:
           f"(runs: wall {', '.join(f'{w:.2f}' for w in walls)}; CPU {', '.join(f'{c:.2f}' for c in cpus)})")
     print(f"  {n / wall:.0f} simulated requests/s and {steps / wall:.0f} steps/s of wall time "
           f"({n / cpu:.0f} req/s, {steps / cpu:.0f} steps/s of CPU time)")
+    print(f"decode stretches advanced in bulk: {'on' if decode_runs else 'off (--step-by-step)'}; "
+          f"load average {' '.join(f'{x:.2f}' for x in __import__('os').getloadavg())}")
     print(f"building the Request objects (traces layer): median CPU {statistics.median(builds):.2f}s, not included")
     print(f"bar: < 15 s on one core -> {'PASS' if cpu < 15 else 'FAIL'} on CPU time")
     if args.profile:
         requests = build_requests(table, n, config.block_size, shape.vocab_size)
         profile = cProfile.Profile()
         profile.enable()
-        simulate(requests, config, cost).summary
+        simulate(requests, config, cost, decode_runs=decode_runs).summary
         profile.disable()
         print_profile(profile)
     return 0

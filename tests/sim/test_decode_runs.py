@@ -1,0 +1,123 @@
+"""The simulator's bulk decode stretches (sim/decode_runs.py) give exactly the results of
+stepping one plan at a time: every request's timeline (each token's time), every step record,
+the run's counts and the final KV pool, on workloads that reach every edge the fast path must
+stop at (arrivals, finishes, block boundaries with and without prefix caching, chunked
+prefills, preemptions, a waiting queue held back by KV or by max_num_seqs)."""
+
+from __future__ import annotations
+
+import pytest
+
+import traces
+from policy import SchedulerConfig
+from sim import simulate
+from sim.cost.base import ConstantCostModel
+from sim.cost.roofline import RooflineCostModel
+from sim.engine import PricedStep  # noqa: F401 (the step the fast path prices with)
+from traces.timeline import TimelineRecorder
+
+ROOFLINE = RooflineCostModel.from_names("llama-3-8b", "h100-sxm")
+# Per-request and per-token terms make every step's duration depend on its shape, so a
+# stretch priced with the wrong context or row count would show in the token times.
+CONSTANT = ConstantCostModel(0.004, per_token_s=2e-4, per_request_s=5e-4)
+
+
+def requests_of(table, block_size: int = 16):
+    return list(table.iter_requests(block_size=block_size, vocab_size=32000))
+
+
+def run(table, config: SchedulerConfig, cost, decode_runs: bool, block_size: int = 16):
+    recorder = TimelineRecorder()
+    result = simulate(requests_of(table, block_size), config, cost, recorder=recorder, decode_runs=decode_runs)
+    return result, recorder
+
+
+def assert_identical(table, cost=ROOFLINE, **config):
+    config = SchedulerConfig(**config)
+    slow, slow_log = run(table, config, cost, decode_runs=False, block_size=config.block_size)
+    fast, fast_log = run(table, config, cost, decode_runs=True, block_size=config.block_size)
+    assert list(fast_log.timelines) == list(slow_log.timelines)
+    for rid, timeline in slow_log.timelines.items():
+        assert fast_log.timelines[rid] == timeline, f"request {rid}: timelines differ"
+    assert len(fast_log.steps) == len(slow_log.steps)
+    for a, b in zip(fast_log.steps, slow_log.steps):
+        assert a == b, f"step {b.step_id} differs"
+    assert fast.stats == slow.stats
+    assert fast.summary == slow.summary
+    return slow, fast
+
+
+AZURE = traces.generate("azure-conv-like", seed=3, num_requests=400)
+AZURE_10X = traces.generate("azure-conv-like", seed=4, num_requests=400, rate_scale=10.0)
+
+
+def test_azure_like_prefix_caching_chunked():
+    slow, fast = assert_identical(AZURE, num_blocks=6000, block_size=16, max_model_len=8192, max_num_seqs=64,
+                                  max_num_batched_tokens=512, enable_prefix_caching=True)
+    assert slow.summary["num_steps"] > 1000
+
+
+def test_azure_like_without_prefix_caching():
+    assert_identical(AZURE, num_blocks=6000, block_size=16, max_model_len=8192, max_num_seqs=64,
+                     max_num_batched_tokens=512, enable_prefix_caching=False)
+
+
+@pytest.mark.parametrize("caching", [True, False])
+def test_azure_like_10x_rate_small_pool_preempts(caching):
+    slow, _ = assert_identical(AZURE_10X, num_blocks=900, block_size=16, max_model_len=8192, max_num_seqs=128,
+                               max_num_batched_tokens=512, enable_prefix_caching=caching)
+    assert slow.stats.num_preemptions > 0, "the pool must be small enough to force preemptions"
+
+
+def test_batch_cap_holds_a_waiting_queue():
+    slow, _ = assert_identical(AZURE_10X, num_blocks=20000, block_size=16, max_model_len=8192, max_num_seqs=8,
+                               max_num_batched_tokens=256, enable_prefix_caching=True)
+    assert slow.summary["queue_p90_s"] > 0
+
+
+@pytest.mark.parametrize("block_size", [1, 4, 32])
+def test_shared_prefixes_block_sizes_and_a_shape_dependent_cost(block_size):
+    table = traces.generate("shared-prefix", seed=1, num_groups=4, prompts_per_group=12, system_prompt_len=96,
+                            question_len=24, output_len=40, rate=30.0)
+    slow, _ = assert_identical(table, CONSTANT, num_blocks=4096 // block_size, block_size=block_size,
+                               max_model_len=1024, max_num_seqs=16, max_num_batched_tokens=64,
+                               enable_prefix_caching=True)
+    assert slow.stats.prefix_hit_tokens > 0
+
+
+def test_demo_workload():
+    table = traces.generate("azure-conv-like", seed=0, num_requests=32, rate_scale=0.5)
+    df = table.df.copy()  # the demo spec's clipping: prompts <= 160, outputs <= 32 tokens
+    df["prompt_len"] = df["prompt_len"].clip(upper=160)
+    df["output_len"] = df["output_len"].clip(upper=32)
+    table = table.with_df(df)
+    assert_identical(table, CONSTANT, num_blocks=2048, block_size=16, max_model_len=8192, max_num_seqs=4,
+                     max_num_batched_tokens=256, enable_prefix_caching=True)
+
+
+def test_the_fast_path_is_taken():
+    from policy import build_scheduler
+    from policy.driver import StepDriver, VirtualClock
+    from sim.decode_runs import DecodeRuns
+
+    config = SchedulerConfig(num_blocks=6000, block_size=16, max_model_len=8192, max_num_seqs=64,
+                             max_num_batched_tokens=512)
+    sched = build_scheduler(config)
+    recorder = TimelineRecorder()
+    clock = VirtualClock()
+    step = PricedStep(ROOFLINE, clock, sched)
+    driver = StepDriver(sched, step, clock, recorder)
+    runs = driver.after_step = DecodeRuns(sched, step, recorder, driver.stats)
+    stats = driver.run(requests_of(AZURE))
+    assert stats.num_finished > 0
+    assert runs.num_bulk_steps > stats.num_steps // 2, (runs.num_bulk_steps, stats.num_steps)
+
+
+def test_a_full_batch_runs_out_of_blocks_mid_stretch():
+    # The batch is full (no admission is tried), so stretches cross block boundaries and
+    # must stop exactly where the pool cannot give the next block.
+    table = traces.generate("poisson", seed=2, num_requests=24, rate=2000.0, prompt="uniform:60:70",
+                            output="uniform:380:420")
+    slow, _ = assert_identical(table, num_blocks=300, block_size=16, max_model_len=6000, max_num_seqs=16,
+                               max_num_batched_tokens=512, enable_prefix_caching=False)
+    assert slow.stats.num_preemptions > 0
