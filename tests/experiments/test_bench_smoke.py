@@ -1,0 +1,165 @@
+"""Smoke runs of the benchmark scripts and the heavier CLIs at toy sizes.
+
+The figures these scripts print are measured elsewhere (their commands are in the README); here
+each runs end to end on a tiny random model or a few hundred simulated requests, and the test
+checks that what it prints and writes is complete and consistent. Nothing is timed.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A private FoloVLLM cache: random models and calibration profiles land in tmp."""
+    monkeypatch.setenv("FOLOVLLM_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from executor.models_registry import write_random_model
+
+    return write_random_model("tiny-qwen2", tmp_path_factory.mktemp("bench") / "tiny", seed=0)
+
+
+def test_bench_policy_small_sizes_write_json(tmp_path, capsys):
+    from experiments.bench_policy import main
+
+    out = tmp_path / "policy.json"
+    assert main(["--sizes", "4,8", "--repeats", "1", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "us/req/step" in printed and "wrote" in printed
+    data = json.loads(out.read_text())
+    assert [(r["running"], r["prefix_caching"]) for r in data["results"]] == [(4, True), (4, False), (8, True), (8, False)]
+    assert all(r["us_per_request_step"] > 0 for r in data["results"])
+    assert data["bar"]["passed"] is None  # 256 running was not among the sizes
+
+
+def test_bench_policy_rejects_bad_sizes():
+    from experiments.bench_policy import main
+
+    with pytest.raises(SystemExit):
+        main(["--sizes", "4,0"])
+    with pytest.raises(SystemExit):
+        main(["--repeats", "0"])
+
+
+def test_bench_sim_limited_replay(capsys):
+    from experiments.bench_sim import main
+
+    assert main(["--repeats", "1", "--limit", "150", "--profile"]) == 0
+    out = capsys.readouterr().out
+    assert "150 requests" in out and "simulated: 150 finished, 0 rejected" in out
+    assert "top 25 functions by own time" in out or "functions by own time" in out
+
+
+def test_bench_traces_tiny_million(capsys):
+    from experiments.bench_traces import main
+
+    main(["--repeats", "1", "--million", "2000", "--only-million"])
+    out = capsys.readouterr().out
+    assert "generated 2,000 requests" in out and "streamed 2,000 Requests" in out
+
+
+def test_bench_traces_loading_and_synthesis(capsys):
+    from experiments.bench_traces import bench_loading, bench_synthesis
+
+    bench_loading(1)
+    bench_synthesis(1)
+    out = capsys.readouterr().out
+    assert "loading real traces" in out
+
+
+def test_bench_executor_quick_on_a_tiny_model(tiny_dir, tmp_path, capsys):
+    from experiments.bench_executor import main
+
+    out = tmp_path / "exec.json"
+    assert main(["--model", str(tiny_dir), "--quick", "--threads", "1", "--num-requests", "8", "--kv-requests", "8",
+                 "--json-out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "[throughput] medians" in printed and "[kv] paged holds" in printed
+    report = json.loads(out.read_text())
+    tp, kv = report["throughput"], report["kv_capacity"]
+    assert set(tp["median_tok_per_s"]) == {"continuous", "static", "hf-static"}
+    # paged KV holds at least as many concurrent requests as contiguous in the same memory
+    assert kv["concurrency_ratio"] >= 1.0
+    assert kv["paged"]["slot_utilization"] >= kv["contiguous"]["slot_utilization"]
+
+
+def test_bench_kernels_says_it_needs_a_gpu(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the real benchmark would run")
+    from experiments.bench_kernels import main, parse_args
+
+    assert main(["--quick"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    args = parse_args(["--quick"])
+    assert args.batches == [1, 64] and args.repeats <= 20
+
+
+def test_calibrate_quick_then_a_calibrated_spec_on_both_engines(cache, tmp_path):
+    """`folovllm calibrate --quick` on a tiny model, then a spec priced by that profile runs in
+    the simulator and the executor, and the comparison has a headline."""
+    from experiments.cli import main
+
+    runner = CliRunner()
+    profile = tmp_path / "profile.json"
+    res = runner.invoke(main, ["calibrate", "--model", "random:tiny-qwen2", "--quick", "--repeats", "1",
+                               "--threads", "1", "--out", str(profile)])
+    assert res.exit_code == 0, res.output
+    assert profile.is_file() and "profile written to" in res.output
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"""name: smoke
+trace: {{preset: poisson, params: {{num_requests: 6, rate: 50.0, prompt: "uniform:8:24", output: "uniform:2:6"}}}}
+model: random:tiny-qwen2
+cost_model: {profile}
+dtype: fp32
+engines: [sim, executor]
+executor: {{threads: 1}}
+kv_cache_mib: 16
+base: {{max_model_len: 64, max_num_seqs: 4, max_num_batched_tokens: 64}}
+variants:
+  - {{name: seqs-4}}
+  - {{name: seqs-2, max_num_seqs: 2}}
+""")
+    out = tmp_path / "results"
+    res = runner.invoke(main, ["run", str(spec), "--out", str(out), "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert {r["variant"] for r in comparison["rows"]} == {"seqs-4", "seqs-2"}
+    assert comparison["headline"] is not None
+    assert (out / "report.md").is_file()
+
+
+def test_fidelity_protocol_on_a_tiny_model(cache, tmp_path):
+    """The protocol end to end, as small as it goes: one workload, one load, one variant."""
+    from experiments.calibrate import cached_profile_path, calibrate
+    from experiments.fidelity import ProtocolConfig, run_protocol
+
+    model = "random:tiny-qwen2"
+    calibrate(model, cached_profile_path(model, "fp32", 1), quick=True, repeats=1, progress=False, threads=1)
+    cfg = ProtocolConfig(num_requests=6, loads=(0.5,), chunks=(64,), prefix_caching=(True,), repeats=1,
+                         max_prompt_len=48, max_output_len=6, max_model_len=64, model=model,
+                         workloads=("synthetic",))
+    lines = []
+    summary = run_protocol(cfg, tmp_path / "fid", echo=lines.append)
+    assert any("simulated capacity" in line for line in lines)
+    assert summary["headline"], summary
+    md = (tmp_path / "fid" / "fidelity.md").read_text()
+    assert "synthetic" in md
+    assert json.loads((tmp_path / "fid" / "fidelity.json").read_text())["config"]["loads"] == [0.5]
+
+
+def test_fidelity_cli_rejects_unknown_workloads():
+    from experiments.cli import main
+
+    res = CliRunner().invoke(main, ["fidelity", "--workloads", "synthetic,nope"])
+    assert res.exit_code != 0 and "nope" in res.output
