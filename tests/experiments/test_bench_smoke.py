@@ -163,3 +163,40 @@ def test_fidelity_cli_rejects_unknown_workloads():
 
     res = CliRunner().invoke(main, ["fidelity", "--workloads", "synthetic,nope"])
     assert res.exit_code != 0 and "nope" in res.output
+
+
+def test_folovllm_help_lists_every_subcommand_without_importing_them():
+    from experiments.cli import SUBCOMMANDS, main
+
+    res = CliRunner().invoke(main, ["--help"])
+    assert res.exit_code == 0
+    for name, (_, short_help) in SUBCOMMANDS.items():
+        assert name in res.output and short_help.split()[0] in res.output
+
+
+@pytest.mark.parametrize("name", ["trace", "sim", "run", "calibrate", "report", "demo", "fidelity", "cost", "profile",
+                                  "model", "generate", "replay", "quantize", "eval"])
+def test_every_subcommand_loads_and_has_help(name):
+    from experiments.cli import main
+
+    res = CliRunner().invoke(main, [name, "--help"])
+    assert res.exit_code == 0, res.output
+    assert "Usage:" in res.output
+
+
+def test_unknown_subcommand_is_an_error():
+    from experiments.cli import main
+
+    res = CliRunner().invoke(main, ["no-such-command"])
+    assert res.exit_code != 0 and "no-such-command" in res.output
+
+
+def test_a_missing_module_is_reported_not_raised(monkeypatch):
+    from experiments import cli
+
+    monkeypatch.setitem(cli.SUBCOMMANDS, "ghost", ("experiments.no_such_module:cmd", "A command not built yet."))
+    res = CliRunner().invoke(cli.main, ["ghost"])
+    assert res.exit_code != 0 and "not part of this build yet" in res.output
+    monkeypatch.setitem(cli.SUBCOMMANDS, "ghost", ("experiments.cli:no_such_attr", "A command not built yet."))
+    res = CliRunner().invoke(cli.main, ["ghost"])
+    assert res.exit_code != 0 and "not part of this build yet" in res.output
