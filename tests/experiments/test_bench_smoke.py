@@ -8,6 +8,7 @@ checks that what it prints and writes is complete and consistent. Nothing is tim
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -200,3 +201,40 @@ def test_a_missing_module_is_reported_not_raised(monkeypatch):
     monkeypatch.setitem(cli.SUBCOMMANDS, "ghost", ("experiments.cli:no_such_attr", "A command not built yet."))
     res = CliRunner().invoke(cli.main, ["ghost"])
     assert res.exit_code != 0 and "not part of this build yet" in res.output
+
+
+@pytest.mark.slow
+def test_demo_command_on_a_tiny_spec(cache, tmp_path):
+    """`folovllm demo` end to end (model check, calibration profile, both engines, report) with a
+    tiny random model; the embedded SmolLM2 must be prepared, as the demo always checks it."""
+    from executor.models_registry import cache_root, is_prepared
+    from experiments.calibrate import cached_profile_path, calibrate
+    from experiments.cli import main
+
+    real = Path("~/.cache/folovllm/models/smollm2-135m").expanduser()
+    if not is_prepared(real):
+        pytest.skip("SmolLM2 is not prepared (`folovllm model prepare smollm2-135m`)")
+    cache_root().mkdir(parents=True)
+    (cache_root() / "smollm2-135m").symlink_to(real)  # the private cache sees the prepared model
+    model = "random:tiny-qwen2"
+    calibrate(model, cached_profile_path(model, "fp32", 1), quick=True, repeats=1, progress=False, threads=1)
+    spec = tmp_path / "demo.yaml"
+    spec.write_text(f"""name: tiny-demo
+trace: {{preset: poisson, params: {{num_requests: 6, rate: 20.0, prompt: "uniform:8:24", output: "uniform:2:6"}}}}
+model: {model}
+cost_model: calibrated
+dtype: fp32
+engines: [sim, executor]
+executor: {{threads: 1}}
+kv_cache_mib: 16
+base: {{max_model_len: 64, max_num_batched_tokens: 64}}
+variants:
+  - {{name: seqs-4, max_num_seqs: 4}}
+  - {{name: seqs-1, max_num_seqs: 1}}
+""")
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(main, ["demo", "--spec", str(spec), "--out", str(out), "--rate-scale", "0.5"])
+    assert res.exit_code == 0, res.output
+    assert "[4/4] writing the report" in res.output and "using the cached calibration profile" in res.output
+    assert (out / "report.md").is_file() and (out / "report.html").is_file()
+    assert json.loads((out / "spec.json").read_text())["spec"]["base"]["rate_scale"] == 0.5
