@@ -69,13 +69,20 @@ def test_bench_traces_tiny_million(capsys):
     assert "generated 2,000 requests" in out and "streamed 2,000 Requests" in out
 
 
-def test_bench_traces_loading_and_synthesis(capsys):
-    from experiments.bench_traces import bench_loading, bench_synthesis
+def test_bench_traces_loading_and_synthesis(tmp_path, monkeypatch, capsys):
+    """On a small Azure-format file in place of the real traces (those take minutes to synthesise)."""
+    from experiments import bench_traces
 
-    bench_loading(1)
-    bench_synthesis(1)
+    csv = tmp_path / "AzureLLMInferenceTrace_conv.csv"
+    rows = [f"2023-11-16 18:15:{i // 10:02d}.{i % 10}000000,{100 + 7 * i},{20 + i}" for i in range(40)]
+    csv.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "\n".join(rows) + "\n")
+    monkeypatch.setattr(bench_traces, "REAL", {"azure-2023-conv": csv, "mooncake-conversation": tmp_path / "absent.jsonl"})
+    bench_traces.bench_loading(1)
+    bench_traces.bench_synthesis(1)
     out = capsys.readouterr().out
-    assert "loading real traces" in out
+    assert "azure-2023-conv               40 rows" in out
+    assert "mooncake-conversation    skipped" in out
+    assert "40 requests" in out and "request-private" in out
 
 
 def test_bench_executor_quick_on_a_tiny_model(tiny_dir, tmp_path, capsys):
