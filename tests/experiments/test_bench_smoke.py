@@ -90,10 +90,14 @@ def test_bench_executor_quick_on_a_tiny_model(tiny_dir, tmp_path, capsys):
 
     out = tmp_path / "exec.json"
     assert main(["--model", str(tiny_dir), "--quick", "--threads", "1", "--num-requests", "8", "--kv-requests", "8",
-                 "--json-out", str(out)]) == 0
+                 "--step-cost", "--json-out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "[throughput] medians" in printed and "[kv] paged holds" in printed
+    assert "[step-cost] least-squares fit" in printed
     report = json.loads(out.read_text())
+    step = report["step_cost"]
+    assert [r["batch"] for r in step["rows"]] == [1, 2, 4, 8, 16, 32, 64]
+    assert [p["num_requests"] for p in step["predictions"]] == [16, 1024]  # --quick sets 16 requests
     tp, kv = report["throughput"], report["kv_capacity"]
     assert set(tp["median_tok_per_s"]) == {"continuous", "static", "hf-static"}
     # paged KV holds at least as many concurrent requests as contiguous in the same memory
