@@ -4,11 +4,12 @@ A note's source (`docs/milestones/src/NAME.md`) writes each measured figure as a
 
     {{fig:SPEC/METRIC/VARIANT}}                 a summary.json value of one variant's run
     {{fig:SPEC/METRIC/VARIANT@executor}}        ... of the executor's runs (median over repeats)
-    {{ratio:SPEC/METRIC/VARIANT_A/VARIANT_B}}   A's value divided by B's, shown as "3.92x"
+    {{ratio:SPEC/METRIC/VARIANT_A~VARIANT_B}}   A's value divided by B's, shown as "3.92x"
     {{json:SPEC/FILE/KEY.KEY}}                  any number in a JSON file of the results folder
                                                 (comparison.json, fidelity.json; list items by index)
 
-`SPEC` is a folder under the results root (`results/<spec>`, as `folovllm run ... --out
+Variant names may contain "/" (grid variants such as `continuous/max_num_seqs=8`): everything
+after METRIC is the variant. `SPEC` is a folder under the results root (`results/<spec>`, as `folovllm run ... --out
 results/<spec>` writes it). A `|FORMAT` suffix picks the unit: `ms`, `s`, `pct`, `x`, `int`,
 `num`; without one, the metric's name decides (`*_s` -> ms, rates and usage -> %).
 
@@ -146,16 +147,17 @@ def resolve(key: str, results: Path) -> Figure:
     kind, body, fmt = m.groups()
     base, _, engine = body.partition("@")
     engine = engine or "sim"
-    parts = base.split("/")
+    parts = base.split("/", 2) if kind != "json" else base.split("/")
     if kind == "fig":
         if len(parts) != 3:
             raise NotesError(f"{{{{{key}}}}}: fig takes SPEC/METRIC/VARIANT")
         spec, metric, variant = parts
         got = _run_value(results, spec, metric, variant, engine)
     elif kind == "ratio":
-        if len(parts) != 4:
-            raise NotesError(f"{{{{{key}}}}}: ratio takes SPEC/METRIC/VARIANT_A/VARIANT_B")
-        spec, metric, a, b = parts
+        if len(parts) != 3 or parts[2].count("~") != 1:
+            raise NotesError(f"{{{{{key}}}}}: ratio takes SPEC/METRIC/VARIANT_A~VARIANT_B")
+        spec, metric = parts[:2]
+        a, b = parts[2].split("~")
         ga, gb = _run_value(results, spec, metric, a, engine), _run_value(results, spec, metric, b, engine)
         got = None if ga is None or gb is None or gb[0] == 0 else (ga[0] / gb[0], ga[1] + gb[1])
         fmt = fmt or "x"
