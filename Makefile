@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TRACE ?=
 export PYTHONHASHSEED := 0
 
-.PHONY: install test demo bench fidelity clean
+.PHONY: install test coverage demo bench fidelity notes clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,24 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
+# Per-layer line coverage of the whole suite (pytest-cov, in the test extra). Fails when a layer
+# is below COV_MIN percent.
+LAYERS := policy traces sim executor experiments
+COV_MIN ?= 80
+coverage: $(STAMP)
+	$(BIN)/python -m pytest tests $(foreach L,$(LAYERS),--cov=$(L)) --cov-report=
+	@echo "layer        coverage"
+	@fail=0; for L in $(LAYERS); do \
+		pct=$$($(BIN)/python -m coverage report --include="$$L/*" --format=total); \
+		printf '%-12s %s %%\n' $$L $$pct; \
+		[ $$pct -ge $(COV_MIN) ] || fail=1; \
+	done; printf '%-12s %s %%\n' total $$($(BIN)/python -m coverage report --format=total); \
+	[ $$fail -eq 0 ] || { echo "a layer is below $(COV_MIN) %"; exit 1; }
+
+# The milestone notes' figures, re-read from results/ (docs/milestones/README.md says how).
+notes: $(STAMP)
+	$(BIN)/python -m experiments.analysis.notes render
+
 demo: $(STAMP)
 	$(BIN)/folovllm demo $(if $(TRACE),--trace $(TRACE),)
 
@@ -38,4 +56,4 @@ bench: $(STAMP)
 	$(BIN)/python -m experiments.bench.policy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis .coverage

@@ -272,8 +272,12 @@ class Scheduler:
 
     def _pick_victim(self) -> Request:
         if self.config.policy == "priority":
-            # Lowest priority (largest value) first, latest arrival among equals.
-            return max(self.running, key=lambda r: (r.priority, r.arrival_time))
+            # Lowest priority (largest value) first, latest arrival among equals, and among
+            # requests equal in both the most recently admitted: `max` keeps the first maximum
+            # it meets, so scan newest first. (Scanning oldest first preempted the request
+            # furthest along, and two requests too big to fit together preempted each other
+            # forever: a livelock the property tests found.)
+            return max(reversed(self.running), key=lambda r: (r.priority, r.arrival_time))
         return self.running[-1]  # the most recently admitted
 
     @staticmethod

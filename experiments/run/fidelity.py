@@ -188,7 +188,7 @@ def request_errors(dirs: dict[str, Path], rows: list[dict]) -> pd.DataFrame:
         for d in r["exec_dirs"]:
             real = pd.read_parquet(dirs[r["workload"]] / d / "requests.parquet",
                                    columns=["request_id", "ttft_s", "e2el_s"]).set_index("request_id")
-            both = sim.join(real, lsuffix="_sim", rsuffix="_real", how="inner").dropna()
+            both = sim.add_suffix("_sim").join(real.add_suffix("_real"), how="inner").dropna()
             for col in ("ttft_s", "e2el_s"):
                 ok = both[f"{col}_real"] > 0
                 err = (both.loc[ok, f"{col}_sim"] - both.loc[ok, f"{col}_real"]) / both.loc[ok, f"{col}_real"]
@@ -364,7 +364,7 @@ def run_protocol(cfg: ProtocolConfig, out_dir: str | Path, *, echo=print) -> dic
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cal_load = os.getloadavg()[0]
-    profile = str(ensure_profile(cfg.model, "fp32", echo=echo, threads=cfg.threads))
+    profile = str(ensure_profile(cfg.model, "fp32", echo=echo, threads=cfg.threads, max_model_len=cfg.max_model_len))
     wls, notes = workloads(cfg)
     rows, dirs, caps = [], {}, {}
     for wl in wls:

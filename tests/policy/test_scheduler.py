@@ -434,3 +434,19 @@ def test_a_victim_taken_back_mid_step_leaves_no_uncomputed_block_in_the_prefix_c
         plan, _ = step(s)  # the engine checks every KV position each row reads
         readmit = readmit or next((r for r in plan.scheduled if r.request_id == "low"), None)
     assert readmit.new_table and readmit.num_computed_tokens == 4  # block 0 only: it was computed
+
+
+def test_priority_preemption_among_equals_takes_the_newest_so_two_big_requests_cannot_livelock():
+    # Two requests that cannot fit together, equal in priority and arrival time, admitted in
+    # chunks: the victim must be the one admitted last, or each preempts the other forever.
+    s = make(num_blocks=12, block_size=2, max_model_len=24, max_num_seqs=5, max_num_batched_tokens=29,
+             enable_chunked_prefill=False, long_prefill_token_threshold=3, enable_prefix_caching=False,
+             policy="priority", reserve_full_prompt=False)
+    s.add_request(req("old", n_prompt=18, max_tokens=4))
+    s.add_request(req("new", n_prompt=18, max_tokens=4, start=100))
+    preempted = []
+    while s.has_unfinished_requests():
+        plan, _ = step(s)
+        preempted += plan.preempted_ids
+        assert s.test_engine.num_steps < 200, f"no progress; preempted so far {preempted[:10]}"
+    assert preempted and set(preempted) == {"new"}
