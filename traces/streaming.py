@@ -217,7 +217,8 @@ class StreamingRecorder(TimelineRecorder):
 
 
 def summarize_streamed(recorder: StreamingRecorder, *, slo_ttft_s: float | None = None,
-                       slo_tpot_s: float | None = None, slo_e2el_s: float | None = None) -> dict:
+                       slo_tpot_s: float | None = None, slo_e2el_s: float | None = None,
+                       block_size: int | None = None) -> dict:
     """`metrics.summarize`, computed one column at a time from the files on disk (a million
     rows as a DataFrame, plus the filtered copies `summarize` makes, would be most of a
     streamed run's memory). The same numpy operations on the same arrays in the same
@@ -283,6 +284,13 @@ def summarize_streamed(recorder: StreamingRecorder, *, slo_ttft_s: float | None 
     out["prefix_hit_tokens"] = hit
     out["prefix_query_tokens"] = queried
     out["prefix_hit_rate"] = hit / queried if queried else None
+    if block_size:
+        cached = col("num_cached_tokens")[admitted].astype(np.int64)
+        hit_blocks = int((-(-cached // block_size)).sum())
+        query_blocks = int((prompt[admitted].astype(np.int64) // block_size).sum())
+        out["prefix_hit_blocks"] = hit_blocks
+        out["prefix_query_blocks"] = query_blocks
+        out["prefix_block_hit_rate"] = hit_blocks / query_blocks if query_blocks else None
     preemptions = col("num_preemptions")
     out["num_preemptions"] = int(preemptions.sum())
     out["num_preempted_requests"] = int((preemptions > 0).sum())
@@ -355,7 +363,7 @@ class StreamedRunResult(RunResult):
 
     @cached_property
     def summary(self) -> dict:
-        out = summarize_streamed(self.recorder, **self.slo)
+        out = summarize_streamed(self.recorder, block_size=self.scheduler_config.block_size, **self.slo)
         queried = self.stats.prefix_queries_tokens
         out["scheduler_prefix_hit_rate"] = self.stats.prefix_hit_tokens / queried if queried else None
         out["scheduler_num_preemptions"] = self.stats.num_preemptions
