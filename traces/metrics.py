@@ -158,6 +158,28 @@ def _stats(prefix: str, values: np.ndarray) -> dict[str, float | None]:
     return out
 
 
+def rates(makespan: float, n_finished: int, in_tokens: int, out_tokens: int, finished_column, *,
+          slo_ttft_s=None, slo_tpot_s=None, slo_e2el_s=None) -> dict:
+    """Token counts, throughputs and (with SLOs) goodput; `finished_column(name)` gives a
+    latency column over finished requests. Shared by the in-memory and the streamed summary."""
+    out = {"total_input_tokens": in_tokens, "total_output_tokens": out_tokens}
+    per_s = (lambda x: x / makespan) if makespan > 0 else (lambda x: None)
+    out["request_throughput"] = per_s(n_finished)
+    out["output_throughput"] = per_s(out_tokens)
+    out["total_token_throughput"] = per_s(in_tokens + out_tokens)
+    slos = {"ttft_s": slo_ttft_s, "tpot_s": slo_tpot_s, "e2el_s": slo_e2el_s}
+    if any(v is not None for v in slos.values()):
+        good = np.ones(n_finished, dtype=bool)
+        for col, limit in slos.items():
+            if limit is not None:
+                values = finished_column(col)
+                good &= np.isnan(values) | (values <= limit) if col == "tpot_s" else values <= limit
+        out["slo"] = {k: v for k, v in slos.items() if v is not None}
+        out["num_good"] = int(good.sum())
+        out["goodput"] = per_s(int(good.sum()))
+    return out
+
+
 def block_hit_rate(requests: pd.DataFrame, block_size: int) -> dict:
     """Prefix-cache hits counted in KV blocks: of the full prompt blocks (the only ones a prefix
     cache can hold), how many were found cached. A fully cached prompt recomputes its last token,
@@ -200,25 +222,9 @@ def summarize(
     out["first_arrival_s"] = first_arrival
     out["last_finish_s"] = last_finish
     out["makespan_s"] = makespan
-    in_tokens = int(done["prompt_len"].sum())
-    out_tokens = int(done["output_len"].sum())
-    out["total_input_tokens"] = in_tokens
-    out["total_output_tokens"] = out_tokens
-    per_s = (lambda x: x / makespan) if makespan > 0 else (lambda x: None)
-    out["request_throughput"] = per_s(n_finished)
-    out["output_throughput"] = per_s(out_tokens)
-    out["total_token_throughput"] = per_s(in_tokens + out_tokens)
-
-    slos = {"ttft_s": slo_ttft_s, "tpot_s": slo_tpot_s, "e2el_s": slo_e2el_s}
-    if any(v is not None for v in slos.values()):
-        good = np.ones(n_finished, dtype=bool)
-        for col, limit in slos.items():
-            if limit is not None:
-                values = done[col].to_numpy()
-                good &= np.isnan(values) | (values <= limit) if col == "tpot_s" else values <= limit
-        out["slo"] = {k: v for k, v in slos.items() if v is not None}
-        out["num_good"] = int(good.sum())
-        out["goodput"] = per_s(int(good.sum()))
+    out.update(rates(makespan, n_finished, int(done["prompt_len"].sum()), int(done["output_len"].sum()),
+                     lambda col: done[col].to_numpy(), slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s,
+                     slo_e2el_s=slo_e2el_s))
     for name in ("ttft", "tpot", "e2el", "queue"):
         out.update(_stats(name, done[f"{name}_s"].to_numpy(dtype=float)))
     if itl is not None:

@@ -256,24 +256,9 @@ def summarize_streamed(recorder: StreamingRecorder, *, slo_ttft_s: float | None 
     out["last_finish_s"] = last_finish
     out["makespan_s"] = makespan
     prompt = col("prompt_len")
-    in_tokens = int(prompt[done].sum())
-    out_tokens = int(col("output_len")[done].sum())
-    out["total_input_tokens"] = in_tokens
-    out["total_output_tokens"] = out_tokens
-    per_s = (lambda x: x / makespan) if makespan > 0 else (lambda x: None)
-    out["request_throughput"] = per_s(n_finished)
-    out["output_throughput"] = per_s(out_tokens)
-    out["total_token_throughput"] = per_s(in_tokens + out_tokens)
-    slos = {"ttft_s": slo_ttft_s, "tpot_s": slo_tpot_s, "e2el_s": slo_e2el_s}
-    if any(v is not None for v in slos.values()):
-        good = np.ones(n_finished, dtype=bool)
-        for name, limit in slos.items():
-            if limit is not None:
-                values = col(name)[done]
-                good &= np.isnan(values) | (values <= limit) if name == "tpot_s" else values <= limit
-        out["slo"] = {k: v for k, v in slos.items() if v is not None}
-        out["num_good"] = int(good.sum())
-        out["goodput"] = per_s(int(good.sum()))
+    out.update(metrics.rates(makespan, n_finished, int(prompt[done].sum()), int(col("output_len")[done].sum()),
+                             lambda name: col(name)[done], slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s,
+                             slo_e2el_s=slo_e2el_s))
     for name in ("ttft", "tpot", "e2el", "queue"):
         out.update(metrics._stats(name, col(f"{name}_s")[done].astype(float)))
     out.update({k: (None if isinstance(v, float) and not math.isfinite(v) else v)

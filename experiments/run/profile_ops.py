@@ -142,19 +142,8 @@ def time_ops(model, tokens_grid, device, dtype, repeats: int = 10, warmup: int =
             "down_proj": lambda: mlp.down_proj(a),
             "add": lambda: (x + x, x + x),  # the layer's two residual additions
         }
-        times = {}
         with torch.no_grad():
-            for op, fn in ops.items():
-                for _ in range(warmup):
-                    fn()
-                samples = []
-                for _ in range(repeats):
-                    sync()
-                    t0 = time.perf_counter()
-                    fn()
-                    sync()
-                    samples.append(time.perf_counter() - t0)
-                times[op] = statistics.median(samples)
+            times = {op: _median_time(fn, sync, repeats, warmup) for op, fn in ops.items()}
         out.append((t, times))
     return out
 
