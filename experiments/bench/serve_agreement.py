@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO_SPEC = REPO / "experiments" / "specs" / "demo.yaml"
 WORKLOADS = {
     # 32 requests of the Azure-conversation-like preset, short enough for a tiny model

@@ -28,9 +28,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-SHARED = Path(os.environ.get("FOLOVLLM_SHARED", Path(__file__).resolve().parents[1].parent / "shared")) / "traces"
+from experiments.shared_data import shared_path
+
+SHARED = shared_path("traces")
 AZURE_CONV = SHARED / "azure-2023-conv" / "AzureLLMInferenceTrace_conv.csv"
 MOONCAKE = SHARED / "mooncake-conversation" / "conversation_trace_0-45min.jsonl"
 BARS_MB = {"1m": 500, "azure-10x": 300, "mooncake": 500}

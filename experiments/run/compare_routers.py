@@ -17,8 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-MOONCAKE = Path(__file__).resolve().parents[1].parent / "shared" / "traces" / "mooncake-conversation" / \
-    "conversation_trace_0-45min.jsonl"
+from experiments.shared_data import mooncake_conv_trace
+
+MOONCAKE = mooncake_conv_trace()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -251,3 +251,48 @@ variants:
     assert "[4/4] writing the report" in res.output and "using the cached calibration profile" in res.output
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
     assert json.loads((out / "spec.json").read_text())["spec"]["base"]["rate_scale"] == 0.5
+
+
+def test_bench_step_spread_on_a_tiny_model(tiny_dir, tmp_path, capsys):
+    from experiments.bench.step_spread import main
+
+    steps = tmp_path / "steps.parquet"
+    assert main(["--model", str(tiny_dir), "--requests", "3", "--prefix", "16", "--suffix", "8", "--output", "4",
+                 "--max-num-seqs", "3", "--budget", "32", "--passes", "2", "--steps-out", str(steps),
+                 "--steps-clock", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "identical plans, pass 1 vs pass 2" in printed and "all steps: median pass spread" in printed
+    import pandas as pd
+
+    table = pd.read_parquet(steps)
+    assert len(table) > 0 and (table["duration_s"] > 0).all()
+
+
+def test_bench_sim_memory_one_small_case_in_process(capsys):
+    from experiments.bench.sim_memory import main
+
+    assert main(["1m", "--requests", "300"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["requests"] == 300 and result["finished"] + result["rejected"] == 300
+    assert result["peak_rss_mb"] > 0 and result["max_live_requests"] >= 1
+
+
+def test_compare_routers_on_the_first_mooncake_requests(tmp_path, capsys):
+    from experiments.run.compare_routers import MOONCAKE, main
+
+    if not Path(MOONCAKE).is_file():
+        pytest.skip(f"the Mooncake trace is not at {MOONCAKE} (../shared/traces absent)")
+    assert main(["--limit", "60", "--replicas", "2", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "routers.json").read_text())
+    assert {r["router"] for r in rows} >= {"round-robin", "prefix-aware"}
+    assert all(sum(r["routed"]) == 60 for r in rows)
+
+
+def test_serve_agreement_benchmark_on_the_tiny_model(tmp_path, capsys):
+    pytest.importorskip("starlette", reason="the 'serve' extra is not installed")
+    pytest.importorskip("uvicorn", reason="the 'serve' extra is not installed")
+    from experiments.bench.serve_agreement import main
+
+    main(["--model", "tiny", "--workload", "small", "--out", str(tmp_path)])  # the timing bar is not asserted
+    printed = capsys.readouterr().out
+    assert "TTFT" in printed
