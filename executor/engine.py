@@ -56,6 +56,9 @@ class EngineStats:
     rejected: dict[str, str] = field(default_factory=dict)  # request id -> reason
 
 
+_GREEDY = SamplingParams(temperature=0.0)
+
+
 class WallClock:
     """Monotonic seconds since the clock was made; waiting really sleeps."""
 
@@ -262,10 +265,11 @@ class LLMEngine:
         self.stats = EngineStats()
         self._driver = self.make_driver(WallClock(), _NoRecorder())
 
-    def make_driver(self, clock, observer) -> StepDriver:
-        """A step driver over this engine's scheduler and model runner, with the executor's
-        admission check: for callers that run their own loop (the HTTP server)."""
-        return StepDriver(self.scheduler, self._execute, clock, observer, admit_check=self._check_request)
+    def make_driver(self, clock, observer, execute=None) -> StepDriver:
+        """A step driver over this engine's scheduler and model runner (or `execute`, a wrapper
+        of `_execute`), with the executor's admission check: what `generate`, `replay` and the
+        HTTP server all run."""
+        return StepDriver(self.scheduler, execute or self._execute, clock, observer, admit_check=self._check_request)
 
     # -- requests ---------------------------------------------------------------------
     def tokenize(self, prompt: str) -> list[int]:
@@ -297,14 +301,7 @@ class LLMEngine:
                 f"request {request.request_id!r}: prompt token id(s) {bad[:5]} outside the vocabulary [0, {vocab})"
             )
         if request.sampling_params is None:
-            request.sampling_params = self._default_params(request)
-
-    @staticmethod
-    def _default_params(request: Request) -> SamplingParams:
-        max_tokens = request.max_tokens if isinstance(request.max_tokens, int) and request.max_tokens >= 1 else 1
-        return SamplingParams(temperature=0.0, max_tokens=max_tokens,
-                              min_tokens=min(max(0, request.min_tokens), max_tokens),
-                              ignore_eos=request.ignore_eos, stop_token_ids=request.stop_token_ids)
+            request.sampling_params = self._replay_params(_GREEDY, request)
 
     def add_request(self, request: Request, params: SamplingParams | None = None) -> None:
         """Queue a policy Request now; raises RequestRejected (counted in stats) for bad ones."""
@@ -398,7 +395,7 @@ class LLMEngine:
         if step_duration is not None and not hasattr(clock, "advance"):
             raise ValueError("replay(step_duration=...) needs a clock with advance(), e.g. policy.driver.VirtualClock")
         recorder = recorder or TimelineRecorder()
-        template = sampling_params or SamplingParams(temperature=0.0)
+        template = sampling_params or _GREEDY
 
         def prepared(reqs):
             for req in reqs:
@@ -407,8 +404,9 @@ class LLMEngine:
                 yield req
 
         clock = clock if clock is not None else WallClock()
-        execute = self._execute
-        if step_duration is not None:
+        if step_duration is None:
+            execute = self._execute
+        else:
             def execute(plan, shape, run=self._execute):
                 sampled = run(plan, shape)
                 if plan.scheduled:
@@ -416,8 +414,7 @@ class LLMEngine:
                 return sampled
 
         t0 = time.perf_counter()
-        driver = StepDriver(self.scheduler, execute, clock, recorder, admit_check=self._check_request)
-        stats = driver.run(prepared(requests))
+        stats = self.make_driver(clock, recorder, execute).run(prepared(requests))
         return RunResult(recorder=recorder, scheduler_config=self.scheduler_config, stats=stats, engine="executor",
                          wall_s=time.perf_counter() - t0)
 

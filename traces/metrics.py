@@ -180,12 +180,32 @@ def rates(makespan: float, n_finished: int, in_tokens: int, out_tokens: int, fin
     return out
 
 
+def step_fields(steps: pd.DataFrame) -> dict:
+    """Step count, busy time, time-weighted KV usage and mean batch size from a steps table
+    (the columns `duration_s`, `kv_usage`, `num_requests`, `num_prefill_tokens`, `num_decode_tokens`)."""
+    out = {"num_steps": int(len(steps))}
+    if len(steps):
+        dur = steps["duration_s"].to_numpy()
+        usage = steps["kv_usage"].to_numpy()
+        busy = float(dur.sum())
+        out["busy_s"] = busy
+        out["kv_usage_mean"] = float((usage * dur).sum() / busy) if busy > 0 else float(usage.mean())
+        out["kv_usage_max"] = float(usage.max())
+        out["mean_batch_requests"] = float(steps["num_requests"].mean())
+        out["mean_batch_tokens"] = float((steps["num_prefill_tokens"] + steps["num_decode_tokens"]).mean())
+    return out
+
+
 def block_hit_rate(requests: pd.DataFrame, block_size: int) -> dict:
-    """Prefix-cache hits counted in KV blocks: of the full prompt blocks (the only ones a prefix
-    cache can hold), how many were found cached. A fully cached prompt recomputes its last token,
-    so its cached-token count is one short of a block multiple: rounding up counts that block."""
-    cached = requests["num_cached_tokens"].to_numpy(dtype=np.int64)
-    prompt = requests["prompt_len"].to_numpy(dtype=np.int64)
+    """Prefix-cache hits counted in KV blocks (see `block_hit_counts`)."""
+    return block_hit_counts(requests["num_cached_tokens"].to_numpy(dtype=np.int64),
+                            requests["prompt_len"].to_numpy(dtype=np.int64), block_size)
+
+
+def block_hit_counts(cached: np.ndarray, prompt: np.ndarray, block_size: int) -> dict:
+    """Of the full prompt blocks (the only ones a prefix cache can hold), how many were found
+    cached. A fully cached prompt recomputes its last token, so its cached-token count is one
+    short of a block multiple: rounding up counts that block."""
     hit = int((-(-cached // block_size)).sum())
     queried = int((prompt // block_size).sum())
     return {"prefix_hit_blocks": hit, "prefix_query_blocks": queried,
@@ -241,16 +261,7 @@ def summarize(
     out["num_preemptions"] = int(requests["num_preemptions"].sum())
     out["num_preempted_requests"] = int((requests["num_preemptions"] > 0).sum())
 
-    out["num_steps"] = int(len(steps))
-    if len(steps):
-        dur = steps["duration_s"].to_numpy()
-        usage = steps["kv_usage"].to_numpy()
-        busy = float(dur.sum())
-        out["busy_s"] = busy
-        out["kv_usage_mean"] = float((usage * dur).sum() / busy) if busy > 0 else float(usage.mean())
-        out["kv_usage_max"] = float(usage.max())
-        out["mean_batch_requests"] = float(steps["num_requests"].mean())
-        out["mean_batch_tokens"] = float((steps["num_prefill_tokens"] + steps["num_decode_tokens"]).mean())
+    out.update(step_fields(steps))
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
 
 

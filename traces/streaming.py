@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from traces import metrics
 from traces.run_result import RunResult
-from traces.timeline import RequestTimeline, StepRecord, TimelineRecorder
+from traces.timeline import RequestTimeline, TimelineRecorder
 
 FLUSH_ROWS = 16384  # request rows / step records buffered before a row group is written
 SEQ = "_arrival_index"  # order the engine saw the request in (restores arrival order on read)
@@ -270,26 +270,13 @@ def summarize_streamed(recorder: StreamingRecorder, *, slo_ttft_s: float | None 
     out["prefix_query_tokens"] = queried
     out["prefix_hit_rate"] = hit / queried if queried else None
     if block_size:
-        cached = col("num_cached_tokens")[admitted].astype(np.int64)
-        hit_blocks = int((-(-cached // block_size)).sum())
-        query_blocks = int((prompt[admitted].astype(np.int64) // block_size).sum())
-        out["prefix_hit_blocks"] = hit_blocks
-        out["prefix_query_blocks"] = query_blocks
-        out["prefix_block_hit_rate"] = hit_blocks / query_blocks if query_blocks else None
+        out.update(metrics.block_hit_counts(col("num_cached_tokens")[admitted].astype(np.int64),
+                                            prompt[admitted].astype(np.int64), block_size))
     preemptions = col("num_preemptions")
     out["num_preemptions"] = int(preemptions.sum())
     out["num_preempted_requests"] = int((preemptions > 0).sum())
     steps = recorder.read_steps(["duration_s", "kv_usage", "num_requests", "num_prefill_tokens", "num_decode_tokens"])
-    out["num_steps"] = int(len(steps))
-    if len(steps):
-        dur = steps["duration_s"].to_numpy()
-        usage = steps["kv_usage"].to_numpy()
-        busy = float(dur.sum())
-        out["busy_s"] = busy
-        out["kv_usage_mean"] = float((usage * dur).sum() / busy) if busy > 0 else float(usage.mean())
-        out["kv_usage_max"] = float(usage.max())
-        out["mean_batch_requests"] = float(steps["num_requests"].mean())
-        out["mean_batch_tokens"] = float((steps["num_prefill_tokens"] + steps["num_decode_tokens"]).mean())
+    out.update(metrics.step_fields(steps))
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
 
 

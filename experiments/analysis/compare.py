@@ -59,6 +59,19 @@ def signed_error(predicted, measured) -> float | None:
     return (predicted - measured) / measured
 
 
+def metric_cell(sim_row, real: pd.DataFrame, metric: str) -> dict:
+    """One metric of one variant: the simulator's prediction, the median of the executor's
+    repeats, the signed error and the repeats' spread ((max - min) / median)."""
+    measured_all = [float(v) for v in real[metric] if v is not None and not pd.isna(v)]
+    predicted = sim_row.get(metric)
+    predicted = None if predicted is None or pd.isna(predicted) else float(predicted)
+    measured = statistics.median(measured_all) if measured_all else None
+    spread = (max(measured_all) - min(measured_all)) / measured if measured and len(measured_all) > 1 else None
+    err = signed_error(predicted, measured)
+    return {"predicted": predicted, "measured": measured, "signed_error": err,
+            "abs_error": abs(err) if err is not None else None, "spread": spread, "repeats": len(measured_all)}
+
+
 def load_runs(out_dir: str | Path) -> pd.DataFrame:
     """One row per finished run in index.json: engine, variant, seed, repeat, dir, summary keys."""
     out = Path(out_dir)
@@ -167,19 +180,11 @@ def compare(out_dir: str | Path) -> dict:
         for metric in METRICS + EXTRA_METRICS:
             if metric not in group:
                 continue
-            measured_all = [float(v) for v in real[metric] if v is not None and not pd.isna(v)]
-            predicted = sim_row.get(metric)
-            predicted = None if predicted is None or pd.isna(predicted) else float(predicted)
-            measured = statistics.median(measured_all) if measured_all else None
-            spread = ((max(measured_all) - min(measured_all)) / measured if measured and len(measured_all) > 1
-                      else None)
-            err = signed_error(predicted, measured)
+            cell = metric_cell(sim_row, real, metric)
             rows.append({"variant": variant, "seed": int(seed), "metric": metric, "headline": metric in METRICS,
-                         "predicted": predicted, "measured": measured, "signed_error": err,
-                         "abs_error": abs(err) if err is not None else None, "spread": spread,
-                         "repeats": len(measured_all)})
-            entry[f"{metric}_predicted"] = predicted
-            entry[f"{metric}_measured"] = measured
+                         **cell})
+            entry[f"{metric}_predicted"] = cell["predicted"]
+            entry[f"{metric}_measured"] = cell["measured"]
         for run_dir in [sim_row["dir"], *real["dir"]]:
             check_step_durations(out, run_dir)
         entry.update(_step_time_error(out, sim_row["dir"], list(real["dir"])))

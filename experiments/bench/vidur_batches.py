@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from experiments.bench.vidur_side_by_side import newest_output
 from policy.plan import StepShape
 
 PROFILE_FILES = ("mlp.csv", "attention.csv")
@@ -41,13 +42,7 @@ class VidurBatch:
 
 
 def find_chrome_trace(run: str | Path) -> Path:
-    run = Path(run)
-    if run.is_file():
-        return run
-    found = sorted(run.rglob("chrome_trace.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-    if not found:
-        raise FileNotFoundError(f"{run}: no chrome_trace.json in it or below it (run Vidur with its chrome trace on)")
-    return found[0]
+    return newest_output(run, "chrome_trace.json", " (run Vidur with its chrome trace on)")
 
 
 def read_vidur_batches(run: str | Path) -> list[VidurBatch]:

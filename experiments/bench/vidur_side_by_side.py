@@ -72,14 +72,20 @@ def _numeric(df: pd.DataFrame, column: str, path: Path) -> np.ndarray:
     return values.to_numpy(dtype=float)
 
 
-def find_vidur_metrics(path: str | Path) -> Path:
+def newest_output(path: str | Path, name: str, hint: str = "") -> Path:
+    """`path` itself if it is a file, else the newest file called `name` in or below it (Vidur
+    writes each run into a timestamped folder)."""
     path = Path(path)
     if path.is_file():
         return path
-    found = sorted(path.rglob("request_metrics.csv"), key=lambda p: p.stat().st_mtime, reverse=True)
+    found = sorted(path.rglob(name), key=lambda p: p.stat().st_mtime, reverse=True)
     if not found:
-        raise FileNotFoundError(f"{path}: no request_metrics.csv in it or below it")
+        raise FileNotFoundError(f"{path}: no {name} in it or below it{hint}")
     return found[0]
+
+
+def find_vidur_metrics(path: str | Path) -> Path:
+    return newest_output(path, "request_metrics.csv")
 
 
 def read_vidur(path: str | Path) -> Latencies:

@@ -160,17 +160,12 @@ def protocol_rows(out: Path, workload: str, load_of_scale: dict[float, float]) -
         for metric in METRICS:
             if metric not in group:
                 continue
-            measured_all = [float(v) for v in real[metric] if v is not None and not pd.isna(v)]
-            predicted = sim.iloc[0].get(metric)
-            if predicted is None or pd.isna(predicted) or not measured_all:
+            cell = compare_mod.metric_cell(sim.iloc[0], real, metric)
+            if cell["predicted"] is None or cell["measured"] is None:
                 continue
-            measured = statistics.median(measured_all)
-            spread = (max(measured_all) - min(measured_all)) / measured if measured and len(measured_all) > 1 else None
-            err = compare_mod.signed_error(float(predicted), measured)
             rows.append({"workload": workload, "load": load_of_scale.get(load, load), "policy": policy,
-                         "variant": variant, "metric": metric, "predicted": float(predicted), "measured": measured,
-                         "signed_error": err, "abs_error": abs(err) if err is not None else None, "spread": spread,
-                         "repeats": len(measured_all), "sim_dir": sim.iloc[0]["dir"], "exec_dirs": list(real["dir"])})
+                         "variant": variant, "metric": metric, **cell,
+                         "sim_dir": sim.iloc[0]["dir"], "exec_dirs": list(real["dir"])})
     return rows
 
 
