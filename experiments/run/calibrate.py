@@ -6,9 +6,10 @@ The real engine is driven through its own scheduler, so every timed step is a ge
 
 - prefill chunks: one request of `n * P` tokens prefilled `P` tokens per step, so chunks of
   P tokens at contexts 0, P, 2P, ... (prefill attention over cached context);
-- decodes: B requests at context C decoding together. The B prompts are identical and prefix
-  caching is on, so building that batch costs one prefill of C tokens instead of B (the KV
-  bytes each decode reads are the same);
+- decodes: B requests at context C decoding together, each over its own KV blocks (distinct
+  prompts: B decodes sharing one cached prompt would read the same blocks, which the CPU's
+  caches serve up to 30 % faster than a replay's distinct contexts). The largest batch is
+  prefilled once per context and shrunk by aborting requests;
 - mixed steps: a fresh prompt of P tokens joining those B decodes, then aborted;
 - prefill after a prefix hit: a prompt whose first C tokens are in the prefix cache, so its
   P new tokens attend to C cached ones (what conversation traces do on every turn);
@@ -41,12 +42,15 @@ PREFILL_TOKENS = (16, 64, 128, 256)
 DECODE_BATCHES = (1, 2, 4, 8, 16)
 MIXED_PREFILL = (16, 64, 192)
 HIT_PREFILL = (16, 128)
+DECODE_REPEAT_FACTOR = 4
 DEFAULT_MAX_MODEL_LEN = 512
 # Tokens a decode grid point needs beyond its context: timed decodes, the mixed steps, slack.
 _DECODE_HEADROOM = 48
 
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+# "cpu": the calling thread's CPU time, as executor.engine.EngineCpuClock measures replays
+# (one torch thread, so every step's instruction runs on it).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 
 
 def contexts_for(max_model_len: int) -> tuple[int, ...]:
@@ -192,31 +196,38 @@ def _grid_pass(prof, prefill_tokens, decode_batches, contexts, mixed_prefill, re
         if bar is not None:
             bar.update(1)
 
-    # Decodes of B requests at context C, and mixed steps on top of them.
+    # Decodes of B requests at context C, and mixed steps on top of them. The B requests have
+    # distinct prompts (distinct KV blocks, as in a replay: B decodes sharing one cached prompt
+    # read the same blocks and run up to 30 % faster from the CPU's caches). The batch is
+    # prefilled once at the largest B, then shrunk by aborting requests, so each context costs
+    # one set of prefills; those prefill chunks are samples too.
+    # Decode steps are cheap (50-200 ms) and most of what a replay below capacity runs, so they
+    # get DECODE_REPEAT_FACTOR times the repeats of a prefill point: their medians carry the fit.
+    batches = sorted(set(decode_batches), reverse=True)
+    mixed_at = {1, max(batches) // 2, max(batches)} if len(batches) > 2 else set(batches)
+    decode_repeats = repeats * DECODE_REPEAT_FACTOR
     for c in contexts:
-        for b in decode_batches:
-            prof.reset(enable_prefix_caching=True, enable_chunked_prefill=True, long_prefill_token_threshold=0,
-                       max_num_batched_tokens=max(budget, c + b), max_num_seqs=max(decode_batches) + 1)
-            prompt = prof.tokens(c)
-            n_decode = repeats + 1 + (repeats + 1) * len(mixed_prefill) * 2
-            prof.add(prompt, n_decode + 8)
-            prof.step()  # the first copy fills the prefix cache; the others hit it
-            while engine.scheduler.num_waiting or any(
-                    r.num_computed_tokens < r.num_prompt_tokens for r in engine.scheduler.requests.values()):
-                prof.step()
-            for _ in range(b - 1):
-                prof.add(prompt, n_decode + 8)
-            # Prefill until every request decodes (these steps are samples too: multi-request prefill).
-            while engine.scheduler.num_waiting or any(
-                    r.num_computed_tokens < r.num_prompt_tokens for r in engine.scheduler.requests.values()):
-                plan, dt = prof.step()
+        n_steps = (decode_repeats + 1) * len(batches) + (repeats + 1) * len(mixed_prefill) * len(mixed_at) + 8
+        prof.reset(enable_prefix_caching=False, enable_chunked_prefill=True, long_prefill_token_threshold=0,
+                   max_num_batched_tokens=max(budget, c), max_num_seqs=max(batches) + 1)
+        rids = [prof.add(prof.tokens(c), n_steps) for _ in range(max(batches))]
+        while engine.scheduler.num_waiting or any(
+                r.num_computed_tokens < r.num_prompt_tokens for r in engine.scheduler.requests.values()):
+            plan, dt = prof.step()
+            if plan.scheduled and plan.num_decode_tokens == 0:
+                prof.collect(("batch-prefill", c, plan_shape(plan)), [(plan_shape(plan), dt)])
+        for b in batches:
+            for rid in rids[b:]:
+                if rid in engine.scheduler.requests:
+                    engine.abort(rid)
+            rids = rids[:b]
             decodes = []
-            for i in range(repeats + 1):
+            for i in range(decode_repeats + 1):
                 plan, dt = prof.step()
                 if i > 0:
                     decodes.append((plan_shape(plan), dt))
             prof.collect(("decode", c, b), decodes)
-            if b in (1, max(decode_batches) // 2, max(decode_batches)) or len(decode_batches) <= 2:
+            if b in mixed_at:
                 for p in mixed_prefill:
                     mixed = []
                     for i in range(repeats + 1):
@@ -320,12 +331,18 @@ def calibrate(model: str, out: str | Path, *, dtype: str = "fp32", block_size: i
     """Profile `model` on this machine, fit the profiled cost model, save it to `out`.
     `threads` sets torch's intra-op threads (the executor runs it predicts must use the same);
     `max_model_len` is the longest context the workloads it prices reach (the grid spans it).
-    `clock="cpu"` times steps in process CPU time instead of wall time: with one torch thread
-    that is the step's own cost, without the time it waited for a core on a busy machine (for
-    studying the cost model's form; replays measure wall time, so their profiles use "wall")."""
+    `clock="cpu"` times steps in the engine thread's CPU time instead of wall time: with one
+    torch thread that is the step's own cost, without the time the thread was not running (a
+    busy or virtualised host). Replays measured on the same clock (`executor: {clock: cpu}`,
+    `folovllm fidelity`) are what such a profile predicts."""
     if clock not in CLOCKS:
         raise ValueError(f"clock={clock!r}: choose one of {sorted(CLOCKS)}")
     _set_threads(threads)
+    if clock == "cpu":
+        import torch
+
+        if torch.get_num_threads() != 1:
+            raise ValueError("clock='cpu' needs one torch thread (threads=1): other threads' work would be missed")
     from executor.engine import LLMEngine
     from sim.cost.profiled import fit_profile
 
@@ -342,7 +359,9 @@ def calibrate(model: str, out: str | Path, *, dtype: str = "fp32", block_size: i
                     hit_prefill=(16,))
     max_model_len = max(max_model_len, max(grid["contexts"]) + _DECODE_HEADROOM,
                         max(grid["prefill_tokens"]) * 4 + 16)
-    engine = LLMEngine(model_dir, num_blocks=max(64, 4 * max_model_len // block_size + 8), block_size=block_size,
+    # Room for the largest decode batch at the longest context, each request on its own blocks.
+    num_blocks = max(64, (max(grid["decode_batches"]) + 1) * -(-max_model_len // block_size) + 8)
+    engine = LLMEngine(model_dir, num_blocks=num_blocks, block_size=block_size,
                        max_model_len=max_model_len, max_num_seqs=max(grid["decode_batches"]) + 1,
                        max_num_batched_tokens=max_model_len, attention_backend=attention_backend,
                        dtype=model_ref.TORCH_DTYPES[dtype], device=device, load_tokenizer=False)
@@ -370,27 +389,29 @@ def _set_threads(threads: int | None) -> None:
 
 
 def cached_profile_path(model: str, dtype: str = "fp32", threads: int | None = None,
-                        max_model_len: int = DEFAULT_MAX_MODEL_LEN) -> Path:
+                        max_model_len: int = DEFAULT_MAX_MODEL_LEN, clock: str = "wall") -> Path:
     """Where the calibrated profile of this machine + model + dtype (+ torch threads) + the
-    contexts it spans + executor code is kept."""
+    contexts it spans + the clock it was timed on + executor code is kept."""
     _set_threads(threads)
     from experiments.run.environment import code_fingerprint, machine_fingerprint
     from experiments.run.model_ref import _cache_root
 
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in model.replace("/", "_"))[-60:]
     return (_cache_root() / "profiles"
-            / f"{slug}-{dtype}-len{max_model_len}-{machine_fingerprint()}-{code_fingerprint('executor')}.json")
+            / f"{slug}-{dtype}-len{max_model_len}{'' if clock == 'wall' else '-' + clock}-{machine_fingerprint()}-{code_fingerprint('executor')}.json")
 
 
 def ensure_profile(model: str, dtype: str = "fp32", *, force: bool = False, progress: bool = True,
-                   echo=print, threads: int | None = None, max_model_len: int = DEFAULT_MAX_MODEL_LEN) -> Path:
+                   echo=print, threads: int | None = None, max_model_len: int = DEFAULT_MAX_MODEL_LEN,
+                   clock: str = "wall") -> Path:
     """The cached profile for this machine, calibrating first when there is none."""
-    path = cached_profile_path(model, dtype, threads, max_model_len)
+    path = cached_profile_path(model, dtype, threads, max_model_len, clock)
     if path.is_file() and not force:
         echo(f"using the cached calibration profile {path}")
         return path
     echo(f"calibrating {model} ({dtype}) on this machine -> {path}")
-    res = calibrate(model, path, dtype=dtype, progress=progress, threads=threads, max_model_len=max_model_len)
+    res = calibrate(model, path, dtype=dtype, progress=progress, threads=threads, max_model_len=max_model_len,
+                    clock=clock)
     echo(describe_result(res))
     return path
 

@@ -69,7 +69,7 @@ def _profile_for(spec) -> str | None:
         from experiments.run.calibrate import ensure_profile
 
         return str(ensure_profile(spec.model, spec.dtype, echo=click.echo, threads=spec.executor.get("threads"),
-                                  max_model_len=_spec_max_model_len(spec)))
+                                  max_model_len=_spec_max_model_len(spec), clock=spec.executor.get("clock", "wall")))
     return None
 
 
@@ -126,13 +126,14 @@ def run(spec_path, out, workers, ray, engines, cost_model, report, arrival_mode)
 @click.option("--max-model-len", type=int, default=512, show_default=True,
               help="The longest context the workloads reach: the grid's contexts span it.")
 @click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
-              help="Time steps in wall time (what replays measure) or process CPU time (a busy machine's waits left out).")
+              help="Time steps in wall time or the engine thread's CPU time (needs --threads 1; what replays on "
+                   "`executor: {clock: cpu}` and `folovllm fidelity` measure).")
 def calibrate(model, out, dtype, repeats, quick, threads, max_model_len, clock):
     """Profile the executor's step time on this machine and fit the simulator's cost model."""
     from experiments.run.calibrate import cached_profile_path, calibrate as do_calibrate, describe_result
     from sim.cost.profiled import ProfiledCostModel, format_fit_report
 
-    path = Path(out) if out else cached_profile_path(model, dtype, threads, max_model_len)
+    path = Path(out) if out else cached_profile_path(model, dtype, threads, max_model_len, clock)
     try:
         res = do_calibrate(model, path, dtype=dtype, repeats=repeats, quick=quick, threads=threads,
                            max_model_len=max_model_len, clock=clock)
@@ -204,7 +205,8 @@ def demo(trace_path, trace_format, out, spec_path, num_requests, rate_scale, rec
         click.echo(f"[2/4] calibrating the simulator ({spec.model}, {spec.dtype})")
         t_cal = time.perf_counter()
         profile = ensure_profile(spec.model, spec.dtype, force=recalibrate, echo=lambda m: click.echo("      " + m),
-                                 threads=spec.executor.get("threads"), max_model_len=_spec_max_model_len(spec))
+                                 threads=spec.executor.get("threads"), max_model_len=_spec_max_model_len(spec),
+                                 clock=spec.executor.get("clock", "wall"))
         click.echo(f"      {time.perf_counter() - t_cal:.0f} s")
         click.echo(f"[3/4] running {len(spec.variants)} variant(s) in {', '.join(spec.engines)}")
         out_dir = Path(out)

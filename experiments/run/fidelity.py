@@ -55,6 +55,7 @@ class ProtocolConfig:
     max_model_len: int = 512
     model: str = "smollm2-135m"
     threads: int = 1
+    clock: str = "cpu"  # the executor's clock (executor.engine.CLOCKS); calibration uses the same
     workloads: tuple[str, ...] = ("synthetic", "azure", "mooncake")
     paths: dict = field(default_factory=dict)
 
@@ -103,7 +104,7 @@ def _spec_dict(cfg: ProtocolConfig, wl: Workload, rate_scales: dict[float, float
         "name": f"fidelity-{wl.name}", "description": f"fidelity protocol, workload {wl.name}",
         "trace": wl.trace, "model": cfg.model, "cost_model": "calibrated", "dtype": "fp32",
         "engines": ["sim", "executor"] if rate_scales is not None else ["sim"],
-        "seeds": [0], "repeats": cfg.repeats, "kv_cache_mib": 256, "executor": {"threads": cfg.threads},
+        "seeds": [0], "repeats": cfg.repeats, "kv_cache_mib": 256, "executor": {"threads": cfg.threads, "clock": cfg.clock},
         "base": {"max_model_len": cfg.max_model_len, "max_num_seqs": 16}, "grid": grid,
     }
 
@@ -359,7 +360,8 @@ def run_protocol(cfg: ProtocolConfig, out_dir: str | Path, *, echo=print) -> dic
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cal_load = os.getloadavg()[0]
-    profile = str(ensure_profile(cfg.model, "fp32", echo=echo, threads=cfg.threads, max_model_len=cfg.max_model_len))
+    profile = str(ensure_profile(cfg.model, "fp32", echo=echo, threads=cfg.threads, max_model_len=cfg.max_model_len,
+                                clock=cfg.clock))
     wls, notes = workloads(cfg)
     rows, dirs, caps = [], {}, {}
     for wl in wls:
@@ -410,10 +412,12 @@ def _command():
     @click.option("--workloads", default=None, help="Comma list of synthetic, azure, mooncake (default: all).")
     @click.option("--num-requests", type=int, default=None, help="Requests per workload.")
     @click.option("--repeats", type=int, default=None, help="Executor repeats per variant (>= 2 gives a spread).")
-    def fidelity(out, quick, azure, mooncake, workloads, num_requests, repeats):
+    @click.option("--clock", type=click.Choice(["cpu", "wall"]), default="cpu", show_default=True,
+                  help="The executor's clock: the engine thread's CPU time (host jitter left out) or wall time.")
+    def fidelity(out, quick, azure, mooncake, workloads, num_requests, repeats, clock):
         """Replay synthetic and real workloads at 25/50/75/90 % of capacity through the simulator
         and the executor; report every metric's error next to the executor's own spread."""
-        kw = {"paths": {k: v for k, v in (("azure", azure), ("mooncake", mooncake)) if v}}
+        kw = {"paths": {k: v for k, v in (("azure", azure), ("mooncake", mooncake)) if v}, "clock": clock}
         if workloads:
             names = tuple(w.strip() for w in workloads.split(",") if w.strip())
             bad = [w for w in names if w not in ("synthetic", "azure", "mooncake")]

@@ -297,10 +297,12 @@ class ExecutorPool:
         if self.spec.executor.get("warmup", True):
             engine.warmup(num_requests=2, prompt_len=32, max_tokens=4)
             engine.reset_scheduler(**scheduler_kwargs(job))
-        replay = engine.replay(workload.requests)
+        from executor.engine import make_clock
+
+        replay = engine.replay(workload.requests, clock=make_clock(self.spec.executor.get("clock", "wall")))
         stats = replay.scheduler_stats
         info = {**_run_info(self.spec, job), "workload": workload.stats, "wall_s": replay.wall_s,
-                "load_before": _loadavg()}
+                "clock": self.spec.executor.get("clock", "wall"), "load_before": _loadavg()}
         return results.write_run(out_dir / "runs" / job.dirname, replay.recorder, slo=self.spec.slo,
                                  scheduler_stats=stats, run_info=results._jsonable(info))
 

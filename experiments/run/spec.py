@@ -23,6 +23,7 @@ A spec is validated completely before any work starts, and every error names the
     seeds: [0]                       # one trace instance per seed
     repeats: 1                       # executor repeats of every variant (run-to-run spread)
     kv_cache_mib: 256                # KV pool memory (both engines); or num_blocks in base
+    executor: {threads: 1, clock: cpu}  # torch threads; clock wall (default) | cpu (engine thread CPU time)
     slo: {ttft_s: 1.0, tpot_s: 0.1}
     base: {max_num_seqs: 16}         # knobs shared by every variant
     variants:                        # explicit variants (each merged over base) ...
@@ -114,7 +115,8 @@ TRACE_KEYS = {"path": str, "format": str, "preset": str, "params": dict, "transf
               "max_prompt_len": int, "max_output_len": int, "arrival_mode": str}
 ARRIVAL_MODES = ("batch", "spread")  # quantised-timestamp traces (Mooncake); spread is seeded by the spec's seed
 SLO_KEYS = {"ttft_s": (int, float), "tpot_s": (int, float), "e2el_s": (int, float)}
-EXECUTOR_KEYS = {"warmup": bool, "device": str, "threads": int}
+EXECUTOR_KEYS = {"warmup": bool, "device": str, "threads": int, "clock": str}
+EXECUTOR_CLOCKS = ("wall", "cpu")  # executor.engine.CLOCKS (no torch here)
 
 
 class SpecError(ValueError):
@@ -292,6 +294,10 @@ def _parse(data, source: str, base_dir: Path | None) -> ExperimentSpec:
     _check_keys("slo", slo, SLO_KEYS)
     executor = data.get("executor", {})
     _check_keys("executor", executor, EXECUTOR_KEYS)
+    if executor.get("clock", "wall") not in EXECUTOR_CLOCKS:
+        raise SpecError(f"executor.clock: {executor['clock']!r} is not one of {list(EXECUTOR_CLOCKS)}")
+    if executor.get("clock") == "cpu" and executor.get("threads") != 1:
+        raise SpecError("executor.clock: cpu needs executor.threads: 1 (the engine thread's CPU time is the clock)")
     kv_cache_mib = data.get("kv_cache_mib")
     if kv_cache_mib is not None and kv_cache_mib <= 0:
         raise SpecError(f"kv_cache_mib: must be > 0, got {kv_cache_mib}")

@@ -11,7 +11,8 @@ It misses what a CPU executor does with few rows: the linear layers stream every
 per step whatever the batch, so 1-4 rows cost about the same (a *floor*), and the LM head has
 its own few-row path (one pass over the head for up to 8 rows). The `floor<F>` forms say so:
 
-    step_s = c_const + c_gemm * max(0, P + D - F)            # rows beyond the weight-streaming floor
+    step_s = c_const + c_multi_row * [P + D > 1]               # one row takes the matrix-vector path
+           + c_gemm * max(0, P + D - F)                        # rows beyond the weight-streaming floor
            + c_prefill_requests * Np + c_decode_requests * D  # per-row host work, per-chunk attention calls
            + c_decode_context * sum(decode ctx)               # KV read by decodes
            + c_prefill_cached_context * sum(ctx before each chunk)   # KV gathered after a prefix hit
@@ -74,6 +75,7 @@ FEATURES = (
 #: Features of the floor forms (see the module doc).
 FLOOR_FEATURES = (
     "const",
+    "multi_row",
     "gemm_rows_over_floor",
     "prefill_requests",
     "decode_requests",
@@ -122,6 +124,7 @@ def _feature_values(shape: tuple, gemm_floor: int, lm_head_floor: int) -> dict[s
         "prefill_cached_context": pre_ctx - pre_tok,
         "lm_head_rows_over_floor": max(0, n_sampled - lm_head_floor),
         "has_decode": 1.0 if n_dec else 0.0,
+        "multi_row": 1.0 if pre_tok + n_dec > 1 else 0.0,
     }
 
 
@@ -139,14 +142,14 @@ FORMS = (LINEAR, floor_form(1), floor_form(2), floor_form(4), floor_form(8), flo
 def _floor_pricer(coef: tuple[float, ...], form: Form):
     """`time_for_shape` of a floor form without building the feature dict (the simulator
     prices every step); the same sum as `form.vector(shape)` dotted with `coef`."""
-    c0, c_gemm, c_npre, c_ndec, c_dctx, c_pcached, c_pairs, c_samp, c_lm, c_hasdec = coef
+    c0, c_multi, c_gemm, c_npre, c_ndec, c_dctx, c_pcached, c_pairs, c_samp, c_lm, c_hasdec = coef
     gemm_floor, lm_floor = form.gemm_floor, form.lm_head_floor
 
     def price(shape: tuple) -> float:
         n_pre, pre_tok, n_dec, pre_ctx, dec_ctx, pairs, n_sampled = shape
         rows = pre_tok + n_dec - gemm_floor
         lm = n_sampled - lm_floor
-        return (c0 + c_gemm * (rows if rows > 0 else 0) + c_npre * n_pre + c_ndec * n_dec + c_dctx * dec_ctx
+        return (c0 + (c_multi if pre_tok + n_dec > 1 else 0.0) + c_gemm * (rows if rows > 0 else 0) + c_npre * n_pre + c_ndec * n_dec + c_dctx * dec_ctx
                 + c_pcached * (pre_ctx - pre_tok) + c_pairs * pairs + c_samp * n_sampled
                 + c_lm * (lm if lm > 0 else 0) + (c_hasdec if n_dec else 0.0))
 
@@ -164,7 +167,11 @@ def form_from_dict(data: dict | None, features: list | None, where: str) -> Form
     except (KeyError, TypeError, ValueError):
         raise ValueError(f"{where}: field 'form' must name 'linear' or give gemm_floor, got {data!r}") from None
     if features is not None and tuple(features) != form.features:
-        raise ValueError(f"{where}: field 'features' {features} does not match form {name!r} ({list(form.features)})")
+        # Profiles written before `multi_row` joined the floor forms carry its features less that one.
+        if tuple(features) != tuple(f for f in FLOOR_FEATURES if f != "multi_row"):
+            raise ValueError(f"{where}: field 'features' {features} does not match form {name!r} "
+                             f"({list(form.features)})")
+        form = Form(form.name, tuple(features), form.gemm_floor, form.lm_head_floor)
     return form
 
 

@@ -111,6 +111,23 @@ def test_replay_in_real_time_records_timelines(engine):
     assert result.wall_s >= 0.25
 
 
+def test_replay_on_the_engine_cpu_clock_skips_idle_and_keeps_arrivals(engine):
+    """`clock=EngineCpuClock()`: steps advance time by the engine thread's own work, an idle gap
+    jumps to the next arrival (no sleeping), and arrivals are still honoured on that clock."""
+    from executor.engine import EngineCpuClock
+
+    reqs = [Request("a", [5, 6, 7, 8], max_tokens=4, arrival_time=0.0, ignore_eos=True),
+            Request("b", [9, 10], max_tokens=3, arrival_time=30.0, ignore_eos=True)]
+    result = engine.replay(reqs, clock=EngineCpuClock())
+    tl = result.recorder.timelines
+    assert result.num_finished == 2
+    assert result.wall_s < 10.0  # the 30 s gap was not slept through
+    assert tl["b"].arrival_s == pytest.approx(30.0) and tl["b"].first_scheduled_s >= 30.0
+    steps = result.recorder.steps
+    assert all(s.duration_s > 0 for s in steps)
+    assert sum(s.duration_s for s in steps) <= result.wall_s  # engine time is work, never more than wall
+
+
 def test_static_and_contiguous_baselines_run_through_the_engine(tiny_model_dirs, one_thread):
     prompts = [[3 + i, 4 + i, 5 + i] * (i + 1) for i in range(5)]
     outs = {}

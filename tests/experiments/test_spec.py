@@ -64,6 +64,8 @@ def test_valid_spec_expands_variants_with_defaults(tmp_path):
         ({"variants": [{"kv_layout": "contiguous"}]}, "enable_prefix_caching"),
         ({"variants": [{"enable_chunked_prefill": False, "max_num_batched_tokens": 64}]}, "max_num_batched_tokens"),
         ({"variants": [{"name": "x"}, {"name": "x"}]}, "names must be unique"),
+        ({"executor": {"clock": "tsc"}}, "executor.clock: 'tsc' is not one of ['wall', 'cpu']"),
+        ({"executor": {"clock": "cpu", "threads": 2}}, "executor.clock: cpu needs executor.threads: 1"),
     ],
 )
 def test_bad_spec_names_the_field(tmp_path, change, fragment):
