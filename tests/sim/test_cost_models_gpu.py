@@ -199,3 +199,19 @@ def test_attention_profile_prices_attention_and_rejects_bad_rows(tmp_path):
     (folder / "attention.csv").write_text(text)
     with pytest.raises(ProfileError, match=r"attention\.csv row 2 column 'kind': 'decoding'"):
         load_attention_profile(folder)
+
+
+def test_monotone_error_floor_is_the_worst_inversion_and_is_attainable():
+    from sim.cost.error_floor import monotone_error_floor
+
+    assert monotone_error_floor(np.array([1, 2, 4]), np.array([1.0, 2.0, 2.0])).error == 0.0
+    # 3.0 at 2 tokens, 2.0 at 3: the best monotone price for both is 2.4, 20 % off each
+    floor = monotone_error_floor(np.array([1, 2, 3, 4, 5]), np.array([1.0, 3.0, 2.0, 2.9, 5.0]))
+    assert floor.error == pytest.approx(0.2) and (floor.tokens_high, floor.tokens_low) == (2, 3)
+    flat = np.minimum.accumulate(np.array([1.0, 3.0, 2.0, 2.9, 5.0])[::-1])[::-1]  # one monotone model
+    assert np.max(np.abs(flat - [1.0, 3.0, 2.0, 2.9, 5.0]) / [1.0, 3.0, 2.0, 2.9, 5.0]) >= floor.error
+    attained = np.array([1.0, 2.4, 2.4, 2.9, 5.0])  # the harmonic price on the pair
+    assert np.all(np.diff(attained) >= 0)
+    assert np.max(np.abs(attained - [1.0, 3.0, 2.0, 2.9, 5.0]) / [1.0, 3.0, 2.0, 2.9, 5.0]) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="tokens increasing"):
+        monotone_error_floor(np.array([2, 1]), np.array([1.0, 1.0]))
