@@ -5,8 +5,9 @@
 reads every profile under the folder (Vidur's `<sku>/<org>/<model>/mlp.csv` and our `ops.csv`),
 groups them by GPU (the profile's device, mapped to a hardware preset name), and fits, per SKU,
 one GEMM law per projection role and one law per elementwise operator, over every model and TP
-degree it has (TP shards are just more matrix shapes). The fit minimises the mean squared
-*relative* error, so a 10 us decode kernel weighs as much as a 4 ms prefill GEMM. With `--write`
+degree it has (TP shards are just more matrix shapes). The fit minimises the mean squared error
+in log space (log predicted / measured), so a 10 us decode kernel weighs as much as a 4 ms
+prefill GEMM and being 20 % high costs what being 20 % low does. With `--write`
 the coefficients become the Python module the fitted cost model reads (a handful of numbers per
 SKU, like the hardware presets); the profiles themselves stay where they are.
 
@@ -24,7 +25,15 @@ from pathlib import Path
 import numpy as np
 
 from sim.cost.layer_ops import ELEMENTWISE_OPS, GEMM_OPS, elementwise_bytes_per_token, gemm_dims
-from sim.cost.op_laws import P_NORM, TILE_M, ElementwiseLaw, GemmLaw, SkuLaws
+from sim.cost.op_laws import (
+    ELEMENTWISE_P_NORM,
+    GEMM_P_NORM,
+    SMALL_TILE_M,
+    TILE_M,
+    ElementwiseLaw,
+    GemmLaw,
+    SkuLaws,
+)
 from sim.cost.op_profile import OpProfile
 from sim.cost.profiles import read_op_profiles
 from sim.models import shard
@@ -61,15 +70,21 @@ def nelder_mead(fun, x0: np.ndarray, iters: int = 400, step: float = 0.3) -> np.
 
 
 def _gemm_vec(theta, m, k, n):
+    """GemmLaw.seconds over arrays (same formula, see sim.cost.op_laws)."""
     floor, bw, fl = np.exp(theta)
     mem = (k * n + m * (k + n)) * ELEM_BYTES / bw
-    comp = 2.0 * k * n * np.ceil(m / TILE_M) * TILE_M / fl
-    return floor + (mem**P_NORM + comp**P_NORM) ** (1 / P_NORM)
+    tile = np.where(m <= SMALL_TILE_M, SMALL_TILE_M, TILE_M)
+    comp = 2.0 * k * n * np.ceil(m / tile) * tile / fl
+    return floor + (mem**GEMM_P_NORM + comp**GEMM_P_NORM) ** (1 / GEMM_P_NORM)
 
 
 def _elem_vec(theta, b):
     floor, bw = np.exp(theta)
-    return (floor**P_NORM + (b / bw) ** P_NORM) ** (1 / P_NORM)
+    return (floor**ELEMENTWISE_P_NORM + (b / bw) ** ELEMENTWISE_P_NORM) ** (1 / ELEMENTWISE_P_NORM)
+
+
+def _log_loss(predicted: np.ndarray, measured: np.ndarray) -> float:
+    return float(np.mean(np.log(predicted / measured) ** 2))
 
 
 def _samples(profiles: list[OpProfile], op: str):
@@ -99,14 +114,14 @@ def fit_sku(sku: str, profiles: list[OpProfile]) -> SkuLaws:
         m, k, n, _, y = _samples(profiles, op)
         if not len(y):
             raise ValueError(f"fit {sku}: no profile measures {op!r}")
-        fun = lambda th: float(np.mean(((_gemm_vec(th, m, k, n) - y) / y) ** 2))  # noqa: E731
-        floor, bw, fl = np.exp(nelder_mead(fun, np.log([5e-6, 2e12, 5e14])))
+        fun = lambda th: _log_loss(_gemm_vec(th, m, k, n), y)  # noqa: E731
+        floor, bw, fl = np.exp(nelder_mead(fun, np.log([5e-6, 2e12, 5e14]), iters=600))
         gemm[op] = GemmLaw(float(floor), float(bw), float(fl))
     for op in ELEMENTWISE_OPS + ("embed",):
         _, _, _, b, y = _samples(profiles, op)
         if not len(y):
             continue
-        fun = lambda th: float(np.mean(((_elem_vec(th, b) - y) / y) ** 2))  # noqa: E731
+        fun = lambda th: _log_loss(_elem_vec(th, b), y)  # noqa: E731
         floor, bw = np.exp(nelder_mead(fun, np.log([4e-6, 1e12])))
         elementwise[op] = ElementwiseLaw(float(floor), float(bw))
     if "add" not in elementwise:

@@ -14,7 +14,7 @@ import sim.cost.base as base
 from sim.cost.fit_laws import fit_sku
 from sim.cost.fitted import FittedRooflineCostModel
 from sim.cost.layer_ops import elementwise_bytes_per_token, gemm_dims
-from sim.cost.op_laws import ElementwiseLaw, GemmLaw, SkuLaws, laws_for
+from sim.cost.op_laws import ElementwiseLaw, GemmLaw, SkuLaws, laws_for, padded_rows
 from sim.cost.op_profile import write_own
 from sim.cost.profiles import load_op_profile
 from sim.cost.per_op import pool_adjacent_violators
@@ -81,8 +81,20 @@ def test_fit_recovers_laws_and_generalises_to_an_unseen_shape(tmp_path):
     unseen = get_model_shape("qwen3-8b")
     hw = get_hardware("h100-sxm")
     want, got = FittedRooflineCostModel(unseen, hw, truth), FittedRooflineCostModel(unseen, hw, laws)
-    for t in (1, 37, 129, 300, 1500, 4000):
+    for t in (1, 37, 64, 72, 129, 300, 1500, 4000):
         assert got.layer_seconds(t) == pytest.approx(want.layer_seconds(t), rel=0.01)
+
+
+def test_gemm_tiles_are_narrower_up_to_64_rows():
+    """The 64 -> 72 token step of the measured profiles: rows are padded to 64-row tiles up to 64,
+    to 128-row tiles beyond, so 72 rows compute what 128 do."""
+    assert [padded_rows(m) for m in (1, 64, 65, 72, 128, 129, 520)] == [64, 64, 128, 128, 128, 256, 640]
+    compute_only = GemmLaw(0.0, 1e18, 7e14)  # memory made free: the compute side alone
+    k, n = 4096, 22016  # Llama-2-7B's fused gate+up projection
+    assert compute_only.seconds(72, k, n) == pytest.approx(compute_only.seconds(128, k, n), rel=1e-6)
+    assert compute_only.seconds(72, k, n) == pytest.approx(2 * compute_only.seconds(64, k, n), rel=1e-6)
+    law = GemmLaw(5e-6, 3e12, 7e14)  # near the ridge the step is softened by the memory side
+    assert law.seconds(64, k, n) < law.seconds(72, k, n) < law.seconds(128, k, n)
 
 
 def test_fitted_prices_more_than_ideal_near_the_ridge():
@@ -123,8 +135,12 @@ def _real(rel: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("rel,hw", [("h100/meta-llama/Llama-2-7b-hf", "h100-sxm"), ("a100/meta-llama/Meta-Llama-3-8B", "a100-80g")])
-def test_real_profiles_leave_one_model_out(rel, hw):
+@pytest.mark.parametrize("rel,hw,max_median,max_max", [
+    ("h100/meta-llama/Llama-2-7b-hf", "h100-sxm", 0.045, 0.17),
+    ("a100/meta-llama/Meta-Llama-3-8B", "a100-80g", 0.03, 0.14),
+    ("a100/meta-llama/Llama-2-70b-hf", "a100-80g", 0.025, 0.09),
+])
+def test_real_profiles_leave_one_model_out(rel, hw, max_median, max_max):
     """Regression guard on the measured figures (README): the fitted model, never shown this model,
     stays far closer to the kernels than the plain roofline; interpolation is near exact."""
     from sim.cost.validate import validate
@@ -133,7 +149,8 @@ def test_real_profiles_leave_one_model_out(rel, hw):
     loo = validate(path, hw, "roofline", 1, leave_one_out=True)
     ideal = validate(path, hw, "roofline-ideal", 1)
     points = validate(path, hw, "profile", 1, leave_one_out=True)
-    assert loo.median_abs_error < 0.04 and loo.median_abs_error < ideal.median_abs_error / 4
+    assert loo.median_abs_error < max_median and loo.median_abs_error < ideal.median_abs_error / 4
+    assert loo.max_abs_error < max_max < ideal.max_abs_error / 2
     assert points.median_abs_error < 0.015
     assert "fitted on" in loo.note and path.parent.name not in loo.note
 
@@ -182,3 +199,19 @@ def test_attention_profile_prices_attention_and_rejects_bad_rows(tmp_path):
     (folder / "attention.csv").write_text(text)
     with pytest.raises(ProfileError, match=r"attention\.csv row 2 column 'kind': 'decoding'"):
         load_attention_profile(folder)
+
+
+def test_monotone_error_floor_is_the_worst_inversion_and_is_attainable():
+    from sim.cost.error_floor import monotone_error_floor
+
+    assert monotone_error_floor(np.array([1, 2, 4]), np.array([1.0, 2.0, 2.0])).error == 0.0
+    # 3.0 at 2 tokens, 2.0 at 3: the best monotone price for both is 2.4, 20 % off each
+    floor = monotone_error_floor(np.array([1, 2, 3, 4, 5]), np.array([1.0, 3.0, 2.0, 2.9, 5.0]))
+    assert floor.error == pytest.approx(0.2) and (floor.tokens_high, floor.tokens_low) == (2, 3)
+    flat = np.minimum.accumulate(np.array([1.0, 3.0, 2.0, 2.9, 5.0])[::-1])[::-1]  # one monotone model
+    assert np.max(np.abs(flat - [1.0, 3.0, 2.0, 2.9, 5.0]) / [1.0, 3.0, 2.0, 2.9, 5.0]) >= floor.error
+    attained = np.array([1.0, 2.4, 2.4, 2.9, 5.0])  # the harmonic price on the pair
+    assert np.all(np.diff(attained) >= 0)
+    assert np.max(np.abs(attained - [1.0, 3.0, 2.0, 2.9, 5.0]) / [1.0, 3.0, 2.0, 2.9, 5.0]) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="tokens increasing"):
+        monotone_error_floor(np.array([2, 1]), np.array([1.0, 1.0]))
