@@ -69,7 +69,9 @@ def metric_cell(sim_row, real: pd.DataFrame, metric: str) -> dict:
     spread = (max(measured_all) - min(measured_all)) / measured if measured and len(measured_all) > 1 else None
     err = signed_error(predicted, measured)
     return {"predicted": predicted, "measured": measured, "signed_error": err,
-            "abs_error": abs(err) if err is not None else None, "spread": spread, "repeats": len(measured_all)}
+            "abs_error": abs(err) if err is not None else None, "spread": spread, "repeats": len(measured_all),
+            "measured_min": min(measured_all) if measured_all else None,
+            "measured_max": max(measured_all) if measured_all else None}
 
 
 def load_runs(out_dir: str | Path) -> pd.DataFrame:

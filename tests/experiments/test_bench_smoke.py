@@ -157,8 +157,8 @@ def test_fidelity_protocol_on_a_tiny_model(cache, tmp_path):
     from experiments.run.fidelity import ProtocolConfig, run_protocol
 
     model = "random:tiny-qwen2"
-    calibrate(model, cached_profile_path(model, "fp32", 1, max_model_len=64), quick=True, repeats=1, progress=False,
-              threads=1)
+    calibrate(model, cached_profile_path(model, "fp32", 1, max_model_len=64, clock="cpu"), quick=True, repeats=1,
+              progress=False, threads=1, clock="cpu")
     cfg = ProtocolConfig(num_requests=6, loads=(0.5,), chunks=(64,), prefix_caching=(True,), repeats=1,
                          max_prompt_len=48, max_output_len=6, max_model_len=64, model=model,
                          workloads=("synthetic",))
@@ -168,7 +168,12 @@ def test_fidelity_protocol_on_a_tiny_model(cache, tmp_path):
     assert summary["headline"], summary
     md = (tmp_path / "fid" / "fidelity.md").read_text()
     assert "synthetic" in md
-    assert json.loads((tmp_path / "fid" / "fidelity.json").read_text())["config"]["loads"] == [0.5]
+    assert "The cost model on the executor's own steps" in md
+    saved = json.loads((tmp_path / "fid" / "fidelity.json").read_text())
+    assert saved["config"]["loads"] == [0.5] and saved["config"]["clock"] == "cpu"
+    assert saved["step_accounting"]["synthetic"]["overall"]["steps"] > 0
+    runs = list((tmp_path / "fid" / "synthetic" / "runs").glob("executor-*/run.json"))
+    assert runs and all(json.loads(r.read_text())["clock"] == "cpu" for r in runs)
 
 
 def test_fidelity_cli_rejects_unknown_workloads():
