@@ -34,7 +34,8 @@ from __future__ import annotations
 from policy.kv_cache_manager import KVCacheManager
 from policy.plan import StepShape
 from policy.scheduler import Scheduler
-from traces.timeline import StepRecord
+from sim.bulk_steps import BulkSteps
+from traces.timeline import StepRecord, TimelineRecorder
 
 _INF = float("inf")
 
@@ -42,15 +43,29 @@ _INF = float("inf")
 class DecodeRuns:
     """The simulator's `StepDriver.after_step` hook."""
 
-    def __init__(self, scheduler, priced_step, recorder, stats) -> None:
+    def __init__(self, scheduler, priced_step, recorder, stats, driver=None, submit_arrivals: bool = False) -> None:
         self.sched = scheduler
         self.step = priced_step
         self.recorder = recorder
         self.stats = stats
         self.enabled = type(scheduler) is Scheduler and type(scheduler.kv) is KVCacheManager
-        self.num_bulk_steps = 0  # steps advanced here (for the benchmark's breakdown)
+        # The general stretches (sim/bulk_steps.py) write timelines directly: plain recorders only.
+        self.bulk = (BulkSteps(scheduler, priced_step, recorder, stats, driver, submit_arrivals)
+                     if self.enabled and type(recorder) is TimelineRecorder else None)
+        self._num_decode_only = 0
 
-    def __call__(self, plan, result, pending) -> None:
+    @property
+    def num_bulk_steps(self) -> int:
+        """Steps advanced here rather than by the scheduler (for the benchmark's breakdown)."""
+        return self._num_decode_only + (self.bulk.num_steps if self.bulk is not None else 0)
+
+    def __call__(self, plan, result, pending):
+        if self.bulk is not None:
+            return self.bulk.run(pending)
+        self._decode_only(plan, result, pending)
+        return pending
+
+    def _decode_only(self, plan, result, pending) -> None:
         if not self.enabled or result.finished or plan.preempted_ids or plan.num_prefill_tokens:
             return
         sched = self.sched
@@ -170,4 +185,4 @@ class DecodeRuns:
             req.num_computed_tokens = c
         self.recorder.on_decode_run([req.request_id for req in running], records, ends)
         self.stats.num_steps += k
-        self.num_bulk_steps += k
+        self._num_decode_only += k

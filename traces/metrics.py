@@ -275,8 +275,65 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
         if path.suffix == ".parquet":
             df.to_parquet(tmp, index=False)
         else:
-            df.to_csv(tmp, index=False, lineterminator="\n")
+            _write_csv(df, tmp)
     return path
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    """`df.to_csv(path, index=False, lineterminator="\\n")`, byte for byte, in a fraction of
+    the time (pandas formats every value through numpy string arrays). Floats are written with
+    Python's `repr`, the same shortest round-trip digits numpy gives (a column with few distinct
+    values formats each once); integers are formatted by Arrow when the table has no text, and
+    text goes through the csv module, which quotes exactly as pandas has it do. Missing values
+    are empty fields, as in pandas."""
+    header = ",".join(map(str, df.columns)) + "\n"
+    if any(df[name].dtype.kind == "O" for name in df.columns):
+        import csv
+
+        columns = [_csv_fields(df[name]) for name in df.columns]
+        with open(path, "w", newline="") as f:
+            f.write(header)
+            csv.writer(f, lineterminator="\n").writerows(zip(*columns))
+        return
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
+    arrays = []
+    for name in df.columns:
+        column = df[name]
+        if column.dtype.kind in "iu":
+            arrays.append(pa.array(column.to_numpy()))
+        else:
+            arrays.append(pa.array(_csv_fields(column), type=pa.string()))
+    with open(path, "wb") as f:
+        f.write(header.encode())
+        if len(df):
+            table = pa.Table.from_arrays(arrays, names=[str(c) for c in df.columns])
+            pa_csv.write_csv(table, f, write_options=pa_csv.WriteOptions(include_header=False, quoting_style="none"))
+
+
+def _csv_fields(column: pd.Series) -> list:
+    """One column's CSV fields as pandas writes them: numbers as text ("" where missing),
+    text unchanged (None where missing; the csv module quotes it)."""
+    kind = column.dtype.kind
+    if kind == "O":
+        return [None if v is None or (isinstance(v, float) and v != v) else v for v in column.tolist()]
+    if kind not in "iubf":
+        raise TypeError(f"write_table: column {column.name!r} has dtype {column.dtype}, which the CSV writer does not format")
+    values = column.to_numpy()
+    fmt = repr if kind == "f" else str
+    if kind == "f":
+        missing = np.isnan(values)
+        if missing.any():
+            return ["" if v != v else repr(v) for v in values.tolist()]
+        if np.signbit(values[values == 0]).any():
+            return list(map(repr, values.tolist()))  # -0.0 and 0.0 would share one text below
+    if len(values) > 256:
+        uniques, inverse = np.unique(values, return_inverse=True)
+        if len(uniques) * 8 < len(values):
+            text = np.array([fmt(v) for v in uniques.tolist()], dtype=object)
+            return text[inverse.reshape(-1)].tolist()
+    return list(map(fmt, values.tolist()))
 
 
 def write_json(data, path: str | Path) -> Path:
