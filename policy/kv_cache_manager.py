@@ -150,6 +150,21 @@ class KVCacheManager:
             if self.enable_caching and (total if total < request.num_tokens else request.num_tokens) // bs > table.num_cached:
                 self._cache_full_blocks(request, table, total)
             return NO_BLOCKS
+        if num_new == 1 and not new_computed_blocks and not reserve_tokens and not keep_free_blocks:
+            # One more block, e.g. a decode crossing a block boundary (the general path below,
+            # written out for the case that happens once every block_size steps per request).
+            pool = self.pool
+            if not pool.free_queue.num_free:
+                if not table.blocks:
+                    del self.tables[request.request_id]
+                return None
+            block = pool.get_new_blocks(1)[0]
+            table.blocks.append(block)
+            table.block_ids.append(block.block_id)
+            request.num_kv_slots = len(table.blocks) * bs
+            if self.enable_caching:
+                self._cache_full_blocks(request, table, total)
+            return [block.block_id]
         num_new = max(num_new, 0)
         num_revived = 0
         for block in new_computed_blocks:

@@ -36,6 +36,8 @@ one) still go through `sim/decode_runs.py`.
 
 from __future__ import annotations
 
+from array import array
+
 from policy.plan import StepShape
 from policy.request import FINISH_REASONS, RequestStatus
 from traces.timeline import StepRecord
@@ -62,6 +64,14 @@ class _Lazy:
 
 def _by_key(lazy: _Lazy) -> int:
     return lazy.key
+
+
+def _pad(ids, token: int, n: int) -> None:
+    """Append `n` copies of `token` (the filler a lazy decode sampled at each step)."""
+    if type(ids) is array:
+        ids.extend(array(ids.typecode, (token,)) * n)
+    else:
+        ids.extend([token] * n)
 
 
 class BulkSteps:
@@ -209,10 +219,11 @@ class BulkSteps:
                     req = d.req
                     c = d.c0 + j - d.j0
                     if c >= req.num_kv_slots or (caching and not (c + 1) % bs):
-                        ids = req.all_token_ids
-                        missing = c + 1 - len(ids)
-                        if missing:
-                            ids.extend([special.get(req.request_id, filler)] * missing)
+                        if caching:  # the manager hashes token values; without caching it reads none
+                            ids = req.all_token_ids
+                            missing = c + 1 - len(ids)
+                            if missing:
+                                ids.extend([special.get(req.request_id, filler)] * missing)
                         req.num_computed_tokens = c
                         if allocate(req, 1) is None:
                             raise AssertionError(f"bulk steps: allocation for {req.request_id!r} failed after the check")
@@ -242,16 +253,14 @@ class BulkSteps:
                         n_samp += 1
             if waiting and b > 0 and len(sched.running) < max_seqs:
                 admitted = []
-                b = sched._admit(admitted, b)
-                requests = sched.requests
-                for row in admitted:
-                    req = requests[row.request_id]
+                b = sched._admit(admitted, b, bare=True)
+                for req, c, n in admitted:
                     explicit.append(req)
-                    timeline = timelines[row.request_id]
+                    timeline = timelines[req.request_id]
                     if timeline.first_scheduled_s is None:
                         timeline.first_scheduled_s = t
-                    c, n = row.num_computed_tokens, row.num_new_tokens
-                    if n == 1 and c >= row.num_prompt_tokens:
+                    samples = c + n == len(req.all_token_ids)
+                    if n == 1 and c >= len(req.prompt_token_ids):
                         n_dec += 1
                         dec_ctx += c + 1
                     else:
@@ -259,9 +268,9 @@ class BulkSteps:
                         pre_tok += n
                         pre_ctx += c + n
                         pairs += n * c + (n * (n + 1) >> 1)
-                        if row.samples:
+                        if samples:
                             n_samp += 1
-                    if row.samples:
+                    if samples:
                         sampled.append(req)
 
             # -- price it -----------------------------------------------------------------
@@ -288,7 +297,7 @@ class BulkSteps:
                     ids = req.all_token_ids
                     missing = c + 2 - len(ids)
                     if missing:
-                        ids.extend([special.get(req.request_id, filler)] * missing)
+                        _pad(ids, special.get(req.request_id, filler), missing)
                     req.num_computed_tokens = c + 1
                     req.status = _CAPPED
                     req.finish_reason = _LENGTH
@@ -320,7 +329,12 @@ class BulkSteps:
                     timeline.finish_reason = req.finish_reason
                     timeline.num_preemptions = req.num_preemptions
                     timeline.num_cached_tokens = max(req.num_cached_tokens, 0)
-                sched.running = [r for r in sched.running if r.status is _RUNNING]
+                running = sched.running
+                if len(finished) * 8 < len(running):
+                    for req in finished:
+                        running.remove(req)  # (the order of the others is what matters)
+                else:
+                    sched.running = [r for r in running if r.status is _RUNNING]
                 if explicit:
                     explicit = [r for r in explicit if r.status is _RUNNING]
                 self.stats.num_finished += len(finished)
@@ -351,7 +365,7 @@ class BulkSteps:
                         ids = req.all_token_ids
                         missing = c + 1 - len(ids)
                         if missing:
-                            ids.extend([special.get(req.request_id, filler)] * missing)
+                            _pad(ids, special.get(req.request_id, filler), missing)
                         req.num_computed_tokens = c
                         timelines[req.request_id].token_times.extend(ends[d.j0:])
             clock.t = t
