@@ -196,6 +196,23 @@ class KVCacheManager:
             return [b.block_id for b in new_computed_blocks] + new_ids
         return new_ids
 
+    def grow_by_one_block(self, request: Request) -> bool:
+        """Append one new block to a request whose computed tokens fill all its blocks, as
+        `allocate_slots(request, 1)` does then when caching is off (nothing to publish);
+        False, changing nothing, when the pool is empty. The simulator's bulk steps call this
+        at every decode block boundary."""
+        if self.enable_caching:
+            raise ValueError("grow_by_one_block: with prefix caching a block boundary publishes; use allocate_slots")
+        pool = self.pool
+        if not pool.free_queue.num_free:
+            return False
+        table = self.tables[request.request_id]
+        block = pool.get_new_blocks(1)[0]
+        table.blocks.append(block)
+        table.block_ids.append(block.block_id)
+        request.num_kv_slots = len(table.blocks) * self.block_size
+        return True
+
     def _cache_full_blocks(self, request: Request, table: _RequestBlocks, num_computed_after: int) -> None:
         """Publish blocks that become full once this step's tokens are computed (only tokens
         already known can be hashed)."""

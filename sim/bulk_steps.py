@@ -104,6 +104,7 @@ class BulkSteps:
         free_queue = pool.free_queue
         num_blocks = pool.num_blocks
         allocate = kv.allocate_slots
+        grow = kv.grow_by_one_block
         waiting = sched.waiting
         step = self.step
         price = step.price
@@ -203,9 +204,9 @@ class BulkSteps:
                     n = threshold
                 if n > b:
                     n = b
-                grow = -(-(c + n) // bs) - req.num_kv_slots // bs
-                if grow > 0:
-                    need += grow
+                more = -(-(c + n) // bs) - req.num_kv_slots // bs
+                if more > 0:
+                    need += more
                 rows.append((req, c, n))
                 b -= n
             if need > free_queue.num_free or (not lazy_count and not rows):
@@ -218,12 +219,18 @@ class BulkSteps:
                 for d in due:
                     req = d.req
                     c = d.c0 + j - d.j0
-                    if c >= req.num_kv_slots or (caching and not (c + 1) % bs):
-                        if caching:  # the manager hashes token values; without caching it reads none
-                            ids = req.all_token_ids
-                            missing = c + 1 - len(ids)
-                            if missing:
-                                ids.extend([special.get(req.request_id, filler)] * missing)
+                    if not caching:
+                        # c == slots: the one call the scheduler makes here, allocate_slots(req, 1),
+                        # appends a block and reads no token (nothing is published).
+                        if c >= req.num_kv_slots:
+                            req.num_computed_tokens = c
+                            if not grow(req):
+                                raise AssertionError(f"bulk steps: no block for {req.request_id!r} after the check")
+                    elif c >= req.num_kv_slots or not (c + 1) % bs:
+                        ids = req.all_token_ids  # the manager hashes the tokens of the blocks it publishes
+                        missing = c + 1 - len(ids)
+                        if missing:
+                            ids.extend([special.get(req.request_id, filler)] * missing)
                         req.num_computed_tokens = c
                         if allocate(req, 1) is None:
                             raise AssertionError(f"bulk steps: allocation for {req.request_id!r} failed after the check")
