@@ -286,8 +286,14 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
     values formats each once); integers are formatted by Arrow when the table has no text, and
     text goes through the csv module, which quotes exactly as pandas has it do. Missing values
     are empty fields, as in pandas."""
+    kinds = [df[name].dtype.kind if isinstance(df[name].dtype, np.dtype) and df[name].dtype != np.float32
+             and df[name].dtype != np.float16 else "?" for name in df.columns]
+    if not all(k in "iubfO" for k in kinds) or df.columns.has_duplicates:
+        # dates, categories, extension types, float32 (numpy prints its shortest digits): pandas' own
+        df.to_csv(path, index=False, lineterminator="\n")
+        return
     header = ",".join(map(str, df.columns)) + "\n"
-    if any(df[name].dtype.kind == "O" for name in df.columns):
+    if "O" in kinds:
         import csv
 
         columns = [_csv_fields(df[name]) for name in df.columns]
@@ -318,8 +324,6 @@ def _csv_fields(column: pd.Series) -> list:
     kind = column.dtype.kind
     if kind == "O":
         return [None if v is None or (isinstance(v, float) and v != v) else v for v in column.tolist()]
-    if kind not in "iubf":
-        raise TypeError(f"write_table: column {column.name!r} has dtype {column.dtype}, which the CSV writer does not format")
     values = column.to_numpy()
     fmt = repr if kind == "f" else str
     if kind == "f":
