@@ -43,6 +43,8 @@ from policy.request import FINISH_REASONS, RequestStatus
 from traces.timeline import StepRecord
 
 _RUNNING = RequestStatus.RUNNING
+_INF = float("inf")
+_NONE: tuple = ()  # an empty row list that is never appended to
 _CAPPED = RequestStatus.FINISHED_LENGTH_CAPPED
 _LENGTH = FINISH_REASONS[_CAPPED]
 
@@ -170,24 +172,29 @@ class BulkSteps:
         ends: list[float] = []
         records: list[StepRecord] = []
         last_finished: list[str] = []
+        next_arrival = pending.arrival_time if pending is not None else _INF
+        has_waiting = bool(waiting)  # changes only where requests are submitted or admitted below
         j = 0
         while True:
             # -- arrivals due at this step boundary (the driver's loop would submit them now)
-            if pending is not None and pending.arrival_time <= t:
+            if next_arrival <= t:
                 if not submit:
                     break
                 while pending is not None and pending.arrival_time <= t:
                     driver.submit(pending)
                     pending = next(arrivals, None)
+                next_arrival = pending.arrival_time if pending is not None else _INF
+                has_waiting = bool(waiting)
             if not sched.running or lazy_count > budget0:
                 break
             rem = budget0 - lazy_count
 
             # -- plan: lazy decodes needing the manager, explicit rows; blocks they need ----
+            # (A lazy request's events all come at or before its finish, which pops it, so a
+            # bucket never holds a finished request.)
             due = events.pop(j, None)
             need = 0
             if due:
-                due = [d for d in due if d.alive]
                 if len(due) > 1:
                     due.sort(key=_by_key)
                 for d in due:
@@ -234,13 +241,24 @@ class BulkSteps:
                         req.num_computed_tokens = c
                         if allocate(req, 1) is None:
                             raise AssertionError(f"bulk steps: allocation for {req.request_id!r} failed after the check")
-                    k_ev = _next_event(c + 1, req.num_kv_slots, j + 1)
+                    # the next event, as _next_event(c + 1, slots, j + 1) written out
+                    c += 1
+                    slots = req.num_kv_slots
+                    k_ev = j + 1 + (slots - c if slots > c else 0)
+                    if caching:
+                        publish = j + bs - c % bs
+                        if publish < k_ev:
+                            k_ev = publish
                     if k_ev <= d.fin:
-                        events.setdefault(k_ev, []).append(d)
+                        bucket = events.get(k_ev)
+                        if bucket is None:
+                            events[k_ev] = [d]
+                        else:
+                            bucket.append(d)
             n_pre = pre_tok = pre_ctx = pairs = n_samp = 0
             n_dec = lazy_count
             dec_ctx = sum_ctx
-            sampled = []
+            sampled = [] if rows or has_waiting else _NONE
             for req, c, n in rows:
                 if not (n == 1 and c < req.num_kv_slots and (c + 1) % bs):
                     if allocate(req, n) is None:
@@ -258,9 +276,10 @@ class BulkSteps:
                     sampled.append(req)
                     if not (n == 1 and c >= len(req.prompt_token_ids)):
                         n_samp += 1
-            if waiting and b > 0 and len(sched.running) < max_seqs:
+            if has_waiting and b > 0 and len(sched.running) < max_seqs:
                 admitted = []
                 b = sched._admit(admitted, b, bare=True)
+                has_waiting = bool(waiting)
                 for req, c, n in admitted:
                     explicit.append(req)
                     timeline = timelines[req.request_id]
@@ -293,11 +312,12 @@ class BulkSteps:
             ends.append(end)
 
             # -- update: tokens, stops, frees (update_from_output's order) ------------------
-            finished = []
+            finished = _NONE
             gone = finishes.pop(j, None)
             if gone:
                 if len(gone) > 1:
                     gone.sort(key=_by_key)
+                finished = []
                 for d in gone:
                     req = d.req
                     c = d.c0 + j - d.j0
@@ -320,6 +340,8 @@ class BulkSteps:
                 if stop is not None:
                     req.status = stop
                     req.finish_reason = FINISH_REASONS[stop]
+                    if finished is _NONE:
+                        finished = []
                     finished.append(req)
             if finished:
                 requests = sched.requests
