@@ -114,6 +114,7 @@ class BulkSteps:
         filler = step.filler
         clock = step.clock
         timelines = self.recorder.timelines
+        on_request_finished = self.recorder.on_request_finished
         driver = self.driver
         on_finished = driver.on_finished if driver is not None else None
         submit = self.submit_arrivals
@@ -358,6 +359,8 @@ class BulkSteps:
                     timeline.finish_reason = req.finish_reason
                     timeline.num_preemptions = req.num_preemptions
                     timeline.num_cached_tokens = max(req.num_cached_tokens, 0)
+                for req in finished:
+                    on_request_finished(timelines[req.request_id])
                 running = sched.running
                 if len(finished) * 8 < len(running):
                     for req in finished:

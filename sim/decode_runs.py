@@ -49,9 +49,12 @@ class DecodeRuns:
         self.recorder = recorder
         self.stats = stats
         self.enabled = type(scheduler) is Scheduler and type(scheduler.kv) is KVCacheManager
-        # The general stretches (sim/bulk_steps.py) write timelines directly: plain recorders only.
-        self.bulk = (BulkSteps(scheduler, priced_step, recorder, stats, driver, submit_arrivals)
-                     if self.enabled and type(recorder) is TimelineRecorder else None)
+        # The general stretches (sim/bulk_steps.py) write timelines directly: recorders that
+        # keep TimelineRecorder's own step methods only (hooks such as on_request_finished may differ).
+        plain = (isinstance(recorder, TimelineRecorder) and type(recorder).on_step is TimelineRecorder.on_step
+                 and type(recorder).on_decode_run is TimelineRecorder.on_decode_run)
+        self.bulk = BulkSteps(scheduler, priced_step, recorder, stats, driver, submit_arrivals) \
+            if self.enabled and plain else None
         self._num_decode_only = 0
 
     @property

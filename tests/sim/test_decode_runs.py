@@ -232,3 +232,31 @@ def test_replicas_behind_a_router(router):
         assert a.recorder.timelines == b.recorder.timelines
         assert a.recorder.steps == b.recorder.steps
         assert a.stats == b.stats
+
+
+def test_finish_hook_sees_every_finish_in_order_inside_stretches(tmp_path):
+    # Recorders that watch finishes (the capacity search stops a run on an SLO breach) get
+    # on_request_finished from the bulk steps exactly as from on_step, and keep the fast path.
+    class Watching(TimelineRecorder):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def on_request_finished(self, timeline):
+            self.seen.append((timeline.request_id, timeline.finish_s, len(timeline.token_times)))
+
+    config = SchedulerConfig(num_blocks=6000, block_size=16, max_model_len=8192, max_num_seqs=64,
+                             max_num_batched_tokens=512, enable_prefix_caching=True)
+    slow, fast = Watching(), Watching()
+    simulate(requests_of(AZURE), config, ROOFLINE, recorder=slow, decode_runs=False)
+    result = simulate(requests_of(AZURE), config, ROOFLINE, recorder=fast, decode_runs=True)
+    assert fast.seen == slow.seen and len(fast.seen) == result.stats.num_finished
+    from policy import build_scheduler
+    from policy.driver import RunStats, VirtualClock
+    from sim.decode_runs import DecodeRuns
+    from traces.streaming import StreamingRecorder
+
+    sched = build_scheduler(config)
+    step = PricedStep(ROOFLINE, VirtualClock(), sched)
+    assert DecodeRuns(sched, step, Watching(), RunStats()).bulk is not None
+    assert DecodeRuns(sched, step, StreamingRecorder(tmp_path), RunStats()).bulk is None  # writes per step
