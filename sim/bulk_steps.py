@@ -164,9 +164,10 @@ class BulkSteps:
                 explicit.append(req)
         if lazy_count > budget0:
             return pending
-        for rid in sched._finished_since_plan:  # what the next plan would tell PricedStep
+        # What the next plan would tell PricedStep (the ids stay for the scheduler: if no step
+        # runs here, its next plan reports them; if one does, they are replaced below).
+        for rid in sched._finished_since_plan:
             special.pop(rid, None)
-        sched._finished_since_plan = []
 
         t = clock.t
         step_id = sched._step
