@@ -1,5 +1,10 @@
 """Advancing decode-only stretches in bulk, with results identical to stepping one at a time.
 
+`DecodeRuns` is the simulator's `StepDriver.after_step` hook. With a recorder that keeps
+`TimelineRecorder`'s own step methods it hands every stretch to `sim/bulk_steps.py`, which
+also runs prefill chunks, admissions, finishes and arrivals without `schedule()`; with any
+other recorder (the streaming one writes per step) it runs the decode-only stretches below.
+
 Most simulated steps of a busy replica are plain decodes: every running request computes one
 token, nobody arrives, nobody finishes, and the scheduler would make the same plan again with
 each context one token longer. Walking the full `schedule()` / `update_from_output()` pair
