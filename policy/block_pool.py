@@ -125,6 +125,24 @@ class BlockPool:
         queue.num_free -= n
         return out
 
+    def get_new_block(self) -> KVCacheBlock:
+        """`get_new_blocks(1)[0]`, for the commonest case (a decode crossing a block boundary)."""
+        queue = self.free_queue
+        head = queue._head
+        block = head.next_free
+        if block is queue._tail:
+            raise ValueError("asked for 1 KV block with 0 free")
+        if block.block_hash is not None:
+            del self.cached[block.block_hash]
+            block.block_hash = None
+        block.ref_cnt = 1
+        nxt = block.next_free
+        head.next_free = nxt
+        nxt.prev_free = head
+        block.prev_free = block.next_free = None
+        queue.num_free -= 1
+        return block
+
     def touch(self, blocks: list[KVCacheBlock]) -> None:
         """Take a reference on prefix-hit blocks, reviving freed ones out of the free list."""
         remove = self.free_queue.remove

@@ -158,7 +158,7 @@ class KVCacheManager:
                 if not table.blocks:
                     del self.tables[request.request_id]
                 return None
-            block = pool.get_new_blocks(1)[0]
+            block = pool.get_new_block()
             table.blocks.append(block)
             table.block_ids.append(block.block_id)
             request.num_kv_slots = len(table.blocks) * bs
@@ -207,7 +207,7 @@ class KVCacheManager:
         if not pool.free_queue.num_free:
             return False
         table = self.tables[request.request_id]
-        block = pool.get_new_blocks(1)[0]
+        block = pool.get_new_block()
         table.blocks.append(block)
         table.block_ids.append(block.block_id)
         request.num_kv_slots = len(table.blocks) * self.block_size

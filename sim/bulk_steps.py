@@ -175,7 +175,7 @@ class BulkSteps:
         records: list[StepRecord] = []
         last_finished: list[str] = []
         next_arrival = pending.arrival_time if pending is not None else _INF
-        has_waiting = bool(waiting)  # changes only where requests are submitted or admitted below
+        n_waiting = len(waiting)  # changes only where requests are submitted or admitted below
         j = 0
         while True:
             # -- arrivals due at this step boundary (the driver's loop would submit them now)
@@ -186,7 +186,7 @@ class BulkSteps:
                     driver.submit(pending)
                     pending = next(arrivals, None)
                 next_arrival = pending.arrival_time if pending is not None else _INF
-                has_waiting = bool(waiting)
+                n_waiting = len(waiting)
             if not sched.running or lazy_count > budget0:
                 break
             rem = budget0 - lazy_count
@@ -260,7 +260,7 @@ class BulkSteps:
             n_pre = pre_tok = pre_ctx = pairs = n_samp = 0
             n_dec = lazy_count
             dec_ctx = sum_ctx
-            sampled = [] if rows or has_waiting else _NONE
+            sampled = [] if rows or n_waiting else _NONE
             for req, c, n in rows:
                 if not (n == 1 and c < req.num_kv_slots and (c + 1) % bs):
                     if allocate(req, n) is None:
@@ -278,10 +278,10 @@ class BulkSteps:
                     sampled.append(req)
                     if not (n == 1 and c >= len(req.prompt_token_ids)):
                         n_samp += 1
-            if has_waiting and b > 0 and len(sched.running) < max_seqs:
+            if n_waiting and b > 0 and len(sched.running) < max_seqs:
                 admitted = []
                 b = sched._admit(admitted, b, bare=True)
-                has_waiting = bool(waiting)
+                n_waiting = len(waiting)
                 for req, c, n in admitted:
                     explicit.append(req)
                     timeline = timelines[req.request_id]
@@ -310,7 +310,7 @@ class BulkSteps:
             step_id += 1
             used = num_blocks - free_queue.num_free
             records.append(StepRecord(step_id, t, end - t, n_pre + n_dec, n_pre, n_dec, pre_tok, n_dec,
-                                      pre_ctx + dec_ctx, pre_ctx, 0, len(waiting), used, num_blocks, pairs, n_samp))
+                                      pre_ctx + dec_ctx, pre_ctx, 0, n_waiting, used, num_blocks, pairs, n_samp))
             ends.append(end)
 
             # -- update: tokens, stops, frees (update_from_output's order) ------------------
