@@ -132,6 +132,7 @@ class StepDriver:
         # it unset.
         self.after_step: Callable[[SchedulerOutput, StepResult, Request | None], Request | None] | None = None
         self.arrivals: Iterator[Request] | None = None  # the arrival stream `run` is replaying
+        self.progress: Callable[[RunStats], None] | None = None  # `run`'s on_progress, for after_step too
 
     # -- requests in ----------------------------------------------------------------------
     def submit(self, request: Request) -> bool:
@@ -203,10 +204,11 @@ class StepDriver:
     def run(self, requests: Iterable[Request], *, on_progress: Callable[[RunStats], None] | None = None) -> RunStats:
         """Replay `requests` (in arrival order) until every one has ended."""
         it = self.arrivals = iter(requests)
+        self.progress = on_progress
         try:
             return self._run(it, on_progress)
         finally:
-            self.arrivals = None
+            self.arrivals = self.progress = None
 
     def _run(self, it: Iterator[Request], on_progress: Callable[[RunStats], None] | None) -> RunStats:
         sched = self.scheduler

@@ -117,6 +117,7 @@ class BulkSteps:
         on_request_finished = self.recorder.on_request_finished
         driver = self.driver
         on_finished = driver.on_finished if driver is not None else None
+        progress = driver.progress if driver is not None else None  # a progress bar's callback
         submit = self.submit_arrivals
         arrivals = driver.arrivals if submit else None
         if submit and arrivals is None:
@@ -379,6 +380,8 @@ class BulkSteps:
             sum_ctx += lazy_count
             t = end
             j += 1
+            if progress is not None and not j & 4095:
+                progress(self.stats)
             # Explicit rows at the head that now decode join the lazy prefix.
             while explicit:
                 req = explicit[0]
