@@ -9,7 +9,9 @@ cost-model call and a step record, plus real work only for the requests somethin
 - **Decoding requests are kept lazily.** A request that decodes (its prompt is computed and
   it lacks one token) and sits before every other kind of row in the running list computes
   one token per step until it finishes, so its progress is `c0 + (step - j0)` and its tokens
-  are filler: nothing is written per step. Its next *event* is known in advance: the step
+  are filler: nothing is written per step. (The simulator's filler is never one of a
+  request's stop tokens, `sim.engine.PricedStep`, so only `max_tokens` / `max_model_len` end
+  it, at a step known when it starts decoding.) Its next *event* is known in advance: the step
   where its decode needs a KV-manager call (a new block, or, with prefix caching, a block to
   publish) and the step where it reaches `max_tokens` / `max_model_len`. Events sit in
   buckets keyed by step, and are replayed in running order exactly as the scheduler would
@@ -26,12 +28,15 @@ cost-model call and a step record, plus real work only for the requests somethin
 A stretch stops *before* any step it cannot reproduce: a step that would need more free
 blocks than the pool has (the scheduler would preempt), more decodes than the token budget,
 an empty running list (the driver's idle handling), or a forked request. Every step keeps
-its own `StepRecord`, every token its own time. `tests/sim/test_decode_runs.py` compares all
-of it with the step-by-step loop (prefix caching, chunking, forced preemptions, waiting
-queues held back by KV or by `max_num_seqs`, block sizes 1 to 32, parallel-style arrivals).
+its own `StepRecord`, every token its own time; finishes reach the recorder's
+`on_request_finished` and the driver's `on_finished` (a cluster's router) in the scheduler's
+order. `tests/sim/test_decode_runs.py` compares all of it with the step-by-step loop (prefix
+caching, chunking with and without a per-request cap, forced preemptions, waiting queues held
+back by KV or by `max_num_seqs`, every queue policy, block sizes 1 to 32, stop tokens, length
+caps, replicas behind each router).
 
-The run's pure decode stretches for recorders other than `TimelineRecorder` (the streaming
-one) still go through `sim/decode_runs.py`.
+Recorders that replace `TimelineRecorder`'s step methods (the streaming one writes per step)
+get the decode-only stretches of `sim/decode_runs.py` instead.
 """
 
 from __future__ import annotations
