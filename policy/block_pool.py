@@ -103,19 +103,45 @@ class BlockPool:
 
     def get_new_blocks(self, n: int) -> list[KVCacheBlock]:
         """Pop `n` blocks for writing; a popped block loses its stale hash here (lazy eviction)."""
-        if n > self.free_queue.num_free:
-            raise ValueError(f"asked for {n} KV blocks with only {self.free_queue.num_free} free")
-        popleft = self.free_queue.popleft
+        queue = self.free_queue
+        if n > queue.num_free:
+            raise ValueError(f"asked for {n} KV blocks with only {queue.num_free} free")
+        # `queue.popleft()` n times, with the unlinking written out (the hot path of every
+        # block boundary): the n blocks at the head leave the list in one relink.
         cached = self.cached
+        head = queue._head
+        block = head.next_free
         out = []
         for _ in range(n):
-            block = popleft()
             if block.block_hash is not None:
                 del cached[block.block_hash]
                 block.block_hash = None
             block.ref_cnt = 1
             out.append(block)
+            block.prev_free = None
+            block.next_free, block = None, block.next_free
+        head.next_free = block
+        block.prev_free = head
+        queue.num_free -= n
         return out
+
+    def get_new_block(self) -> KVCacheBlock:
+        """`get_new_blocks(1)[0]`, for the commonest case (a decode crossing a block boundary)."""
+        queue = self.free_queue
+        head = queue._head
+        block = head.next_free
+        if block is queue._tail:
+            raise ValueError("asked for 1 KV block with 0 free")
+        if block.block_hash is not None:
+            del self.cached[block.block_hash]
+            block.block_hash = None
+        block.ref_cnt = 1
+        nxt = block.next_free
+        head.next_free = nxt
+        nxt.prev_free = head
+        block.prev_free = block.next_free = None
+        queue.num_free -= 1
+        return block
 
     def touch(self, blocks: list[KVCacheBlock]) -> None:
         """Take a reference on prefix-hit blocks, reviving freed ones out of the free list."""
@@ -128,11 +154,22 @@ class BlockPool:
     def free_blocks(self, blocks_tail_first) -> None:
         """Drop one reference on each block; blocks reaching zero join the free list in the
         given order (callers pass a request's blocks tail first, so its tail is evicted first)."""
-        append = self.free_queue.append
+        # `queue.append(block)` for each, with the linking written out.
+        queue = self.free_queue
+        tail = queue._tail
+        last = tail.prev_free
+        added = 0
         for block in blocks_tail_first:
             block.ref_cnt -= 1
             if block.ref_cnt == 0:
-                append(block)
+                last.next_free = block
+                block.prev_free = last
+                last = block
+                added += 1
+        if added:
+            last.next_free = tail
+            tail.prev_free = last
+            queue.num_free += added
 
     def cache_block(self, block: KVCacheBlock, block_hash: BlockHash) -> None:
         """Publish a full block under its hash. If another block already holds the same

@@ -28,7 +28,7 @@ seconds in the executor.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 from policy.plan import SchedulerOutput, StepResult, StepShape, plan_shape
 from policy.request import Request, RequestRejected
@@ -125,10 +125,14 @@ class StepDriver:
         self._preemptions0 = scheduler.num_preemptions
         self.on_finished: Callable[[Request], None] | None = None
         # Called by `run` after every executed step with the plan, its result and the next
-        # arrival not yet submitted (None when the stream is exhausted). The simulator uses
-        # it to advance decode-only stretches in bulk (sim/decode_runs.py); the executor
-        # leaves it unset.
-        self.after_step: Callable[[SchedulerOutput, StepResult, Request | None], None] | None = None
+        # arrival not yet submitted (None when the stream is exhausted); returns the next
+        # arrival not yet submitted after it ran (it may have run steps and submitted
+        # arrivals itself, through `submit` and the `arrivals` iterator). The simulator uses
+        # it to advance stretches of steps in bulk (sim/bulk_steps.py); the executor leaves
+        # it unset.
+        self.after_step: Callable[[SchedulerOutput, StepResult, Request | None], Request | None] | None = None
+        self.arrivals: Iterator[Request] | None = None  # the arrival stream `run` is replaying
+        self.progress: Callable[[RunStats], None] | None = None  # `run`'s on_progress, for after_step too
 
     # -- requests in ----------------------------------------------------------------------
     def submit(self, request: Request) -> bool:
@@ -199,10 +203,18 @@ class StepDriver:
     # -- the whole run --------------------------------------------------------------------
     def run(self, requests: Iterable[Request], *, on_progress: Callable[[RunStats], None] | None = None) -> RunStats:
         """Replay `requests` (in arrival order) until every one has ended."""
+        it = self.arrivals = iter(requests)
+        self.progress = on_progress
+        try:
+            return self._run(it, on_progress)
+        finally:
+            self.arrivals = self.progress = None
+
+    def _run(self, it: Iterator[Request], on_progress: Callable[[RunStats], None] | None) -> RunStats:
         sched = self.scheduler
         clock = self.clock
-        it = iter(requests)
         pending = next(it, None)
+        reported = 0
         while True:
             now = clock.now()
             while pending is not None and pending.arrival_time <= now:
@@ -223,8 +235,9 @@ class StepDriver:
                     continue
                 self._stalled()
             elif self.after_step is not None:
-                self.after_step(plan, result, pending)
-            if on_progress is not None and not plan.step_id & 255:
+                pending = self.after_step(plan, result, pending)
+            if on_progress is not None and self.stats.num_steps - reported >= 256:
+                reported = self.stats.num_steps
                 on_progress(self.stats)
         return self.finish_stats()
 

@@ -150,6 +150,21 @@ class KVCacheManager:
             if self.enable_caching and (total if total < request.num_tokens else request.num_tokens) // bs > table.num_cached:
                 self._cache_full_blocks(request, table, total)
             return NO_BLOCKS
+        if num_new == 1 and not new_computed_blocks and not reserve_tokens and not keep_free_blocks:
+            # One more block, e.g. a decode crossing a block boundary (the general path below,
+            # written out for the case that happens once every block_size steps per request).
+            pool = self.pool
+            if not pool.free_queue.num_free:
+                if not table.blocks:
+                    del self.tables[request.request_id]
+                return None
+            block = pool.get_new_block()
+            table.blocks.append(block)
+            table.block_ids.append(block.block_id)
+            request.num_kv_slots = len(table.blocks) * bs
+            if self.enable_caching:
+                self._cache_full_blocks(request, table, total)
+            return [block.block_id]
         num_new = max(num_new, 0)
         num_revived = 0
         for block in new_computed_blocks:
@@ -180,6 +195,23 @@ class KVCacheManager:
         if new_computed_blocks:
             return [b.block_id for b in new_computed_blocks] + new_ids
         return new_ids
+
+    def grow_by_one_block(self, request: Request) -> bool:
+        """Append one new block to a request whose computed tokens fill all its blocks, as
+        `allocate_slots(request, 1)` does then when caching is off (nothing to publish);
+        False, changing nothing, when the pool is empty. The simulator's bulk steps call this
+        at every decode block boundary."""
+        if self.enable_caching:
+            raise ValueError("grow_by_one_block: with prefix caching a block boundary publishes; use allocate_slots")
+        pool = self.pool
+        if not pool.free_queue.num_free:
+            return False
+        table = self.tables[request.request_id]
+        block = pool.get_new_block()
+        table.blocks.append(block)
+        table.block_ids.append(block.block_id)
+        request.num_kv_slots = len(table.blocks) * self.block_size
+        return True
 
     def _cache_full_blocks(self, request: Request, table: _RequestBlocks, num_computed_after: int) -> None:
         """Publish blocks that become full once this step's tokens are computed (only tokens

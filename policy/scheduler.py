@@ -231,7 +231,11 @@ class Scheduler:
         """Hook for batching disciplines: continuous batching admits whenever there is room."""
         return True
 
-    def _admit(self, rows: list[ScheduledRequest], budget: int) -> int:
+    def _admit(self, rows: list, budget: int, bare: bool = False) -> int:
+        """Admit waiting requests while budget, `max_num_seqs` and the pool allow; append one
+        plan row per admission to `rows` (with `bare`, just `(request, num_hit_tokens,
+        num_new_tokens)`: the simulator's bulk steps need no worker data) and return the
+        budget left."""
         cfg = self.config
         kv = self.kv
         waiting = self.waiting
@@ -263,9 +267,12 @@ class Scheduler:
             if req.num_cached_tokens < 0:
                 req.num_cached_tokens = num_hit
             running.append(req)
-            rows.append(ScheduledRequest(req.request_id, n, num_hit, kv.get_block_ids(req.request_id), True,
-                                         num_hit + n == req.num_tokens, req.num_prompt_tokens,
-                                         _new_request_data(req)))
+            if bare:
+                rows.append((req, num_hit, n))
+            else:
+                rows.append(ScheduledRequest(req.request_id, n, num_hit, kv.get_block_ids(req.request_id), True,
+                                             num_hit + n == req.num_tokens, req.num_prompt_tokens,
+                                             _new_request_data(req)))
             req.num_computed_tokens = num_hit + n
             budget -= n
         return budget

@@ -45,7 +45,7 @@ class _Replica:
         self.driver = StepDriver(self.sched, self.step, self.clock, self.recorder)
         self.driver.on_finished = lambda request: router.on_finished(index, request)
         if decode_runs:
-            self.driver.after_step = DecodeRuns(self.sched, self.step, self.recorder, self.driver.stats)
+            self.driver.after_step = DecodeRuns(self.sched, self.step, self.recorder, self.driver.stats, self.driver)
 
     def advance(self, until: float, pending: Request | None) -> None:
         """Run steps while there is work and the clock is before `until` (the next arrival)."""

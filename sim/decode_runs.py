@@ -1,5 +1,10 @@
 """Advancing decode-only stretches in bulk, with results identical to stepping one at a time.
 
+`DecodeRuns` is the simulator's `StepDriver.after_step` hook. With a recorder that keeps
+`TimelineRecorder`'s own step methods it hands every stretch to `sim/bulk_steps.py`, which
+also runs prefill chunks, admissions, finishes and arrivals without `schedule()`; with any
+other recorder (the streaming one writes per step) it runs the decode-only stretches below.
+
 Most simulated steps of a busy replica are plain decodes: every running request computes one
 token, nobody arrives, nobody finishes, and the scheduler would make the same plan again with
 each context one token longer. Walking the full `schedule()` / `update_from_output()` pair
@@ -34,7 +39,8 @@ from __future__ import annotations
 from policy.kv_cache_manager import KVCacheManager
 from policy.plan import StepShape
 from policy.scheduler import Scheduler
-from traces.timeline import StepRecord
+from sim.bulk_steps import BulkSteps
+from traces.timeline import StepRecord, TimelineRecorder
 
 _INF = float("inf")
 
@@ -42,15 +48,32 @@ _INF = float("inf")
 class DecodeRuns:
     """The simulator's `StepDriver.after_step` hook."""
 
-    def __init__(self, scheduler, priced_step, recorder, stats) -> None:
+    def __init__(self, scheduler, priced_step, recorder, stats, driver=None, submit_arrivals: bool = False) -> None:
         self.sched = scheduler
         self.step = priced_step
         self.recorder = recorder
         self.stats = stats
         self.enabled = type(scheduler) is Scheduler and type(scheduler.kv) is KVCacheManager
-        self.num_bulk_steps = 0  # steps advanced here (for the benchmark's breakdown)
+        # The general stretches (sim/bulk_steps.py) write timelines directly: recorders that
+        # keep TimelineRecorder's own step methods only (hooks such as on_request_finished may differ).
+        plain = (isinstance(recorder, TimelineRecorder) and type(recorder).on_step is TimelineRecorder.on_step
+                 and type(recorder).on_decode_run is TimelineRecorder.on_decode_run)
+        self.bulk = BulkSteps(scheduler, priced_step, recorder, stats, driver, submit_arrivals) \
+            if self.enabled and plain else None
+        self._num_decode_only = 0
 
-    def __call__(self, plan, result, pending) -> None:
+    @property
+    def num_bulk_steps(self) -> int:
+        """Steps advanced here rather than by the scheduler (for the benchmark's breakdown)."""
+        return self._num_decode_only + (self.bulk.num_steps if self.bulk is not None else 0)
+
+    def __call__(self, plan, result, pending):
+        if self.bulk is not None:
+            return self.bulk.run(pending)
+        self._decode_only(plan, result, pending)
+        return pending
+
+    def _decode_only(self, plan, result, pending) -> None:
         if not self.enabled or result.finished or plan.preempted_ids or plan.num_prefill_tokens:
             return
         sched = self.sched
@@ -170,4 +193,4 @@ class DecodeRuns:
             req.num_computed_tokens = c
         self.recorder.on_decode_run([req.request_id for req in running], records, ends)
         self.stats.num_steps += k
-        self.num_bulk_steps += k
+        self._num_decode_only += k

@@ -95,7 +95,7 @@ def simulate(
     step = PricedStep(cost_model, clock, sched, filler_token)
     driver = StepDriver(sched, step, clock, recorder)
     if decode_runs:
-        driver.after_step = DecodeRuns(sched, step, recorder, driver.stats)
+        driver.after_step = DecodeRuns(sched, step, recorder, driver.stats, driver, submit_arrivals=True)
     wall_start = time.perf_counter()
 
     bar = on_progress = None

@@ -138,6 +138,8 @@ class TimelineRecorder:
             timeline.finish_reason = request.finish_reason
             timeline.num_preemptions = request.num_preemptions
             timeline.num_cached_tokens = max(request.num_cached_tokens, 0)
+        for request in result.finished:
+            self.on_request_finished(timelines[request.request_id])
         self.steps.append(
             StepRecord(
                 plan.step_id,
@@ -158,6 +160,11 @@ class TimelineRecorder:
                 n_sampled,
             )
         )
+
+    def on_request_finished(self, timeline: RequestTimeline) -> None:
+        """Called once per finished request, its timeline complete, in finish order (also by
+        the simulator's bulk steps, which write timelines without `on_step`): a hook for
+        subclasses that watch a run as it goes, e.g. to stop it early."""
 
     def on_decode_run(self, request_ids: list[str], steps: list[StepRecord], end_times: list[float]) -> None:
         """Record a stretch of decode-only steps the simulator advanced in bulk: every

@@ -103,6 +103,53 @@ def summary_frame(runs: pd.DataFrame) -> pd.DataFrame:
     return df.rename(columns=dict(SUMMARY_COLUMNS))
 
 
+def cluster_frame(out: Path, runs: pd.DataFrame) -> pd.DataFrame:
+    """The cluster view of runs that simulated several replicas behind a router: one row per
+    replica (requests routed there, their share, TTFT p50/p90, prefix hit rate, busy time)
+    and a `cluster` row over every request with the router's load imbalance (the busiest
+    replica's requests over the mean). Empty when every run had one replica."""
+    rows = []
+    for _, run in runs.iterrows():
+        summary = results.read_json(out / run["dir"] / "summary.json")
+        if (summary.get("num_replicas") or 1) < 2:
+            continue
+        routed = summary.get("routed") or []
+        total = sum(routed)
+        busy = summary.get("busy_s_per_replica") or [None] * len(routed)
+        head = {"variant": run["variant"], "engine": run["engine"], "seed": run["seed"],
+                "router": summary.get("router")}
+        for i, rep in enumerate(summary.get("per_replica") or []):
+            rows.append({**head, "replica": str(i), "requests": routed[i] if i < len(routed) else None,
+                         "load share %": 100.0 * routed[i] / total if total and i < len(routed) else None,
+                         "TTFT p50 ms": _ms(rep.get("ttft_p50_s")), "TTFT p90 ms": _ms(rep.get("ttft_p90_s")),
+                         "prefix hit rate %": _pct100(rep.get("prefix_hit_rate")),
+                         "busy s": busy[i] if i < len(busy) else None, "imbalance": None})
+        rows.append({**head, "replica": "cluster", "requests": total, "load share %": 100.0 if total else None,
+                     "TTFT p50 ms": _ms(summary.get("ttft_p50_s")), "TTFT p90 ms": _ms(summary.get("ttft_p90_s")),
+                     "prefix hit rate %": _pct100(summary.get("prefix_hit_rate")),
+                     "busy s": sum(b for b in busy if b is not None) if any(b is not None for b in busy) else None,
+                     "imbalance": summary.get("load_imbalance_requests")})
+    return pd.DataFrame(rows)
+
+
+CLUSTER_LEGEND = [
+    ("requests", "requests the router sent to the replica (cluster: all of them)"),
+    ("load share %", "the replica's share of the requests"),
+    ("TTFT p50 ms / p90 ms", "time to first token of the replica's requests (cluster: over every request)"),
+    ("prefix hit rate %", "prompt tokens served from the replica's prefix cache"),
+    ("busy s", "simulated time the replica spent in steps (cluster: the sum)"),
+    ("imbalance", "the busiest replica's requests over the mean (1 = perfectly even)"),
+]
+
+
+def _ms(v):
+    return None if v is None else 1e3 * v
+
+
+def _pct100(v):
+    return None if v is None else 100.0 * v
+
+
 def error_frame(comparison: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The predicted-vs-measured table with human metric names and units, plus per-cell CSS
     classes and hover titles marking errors outside the fidelity bar (and inside the spread)."""
@@ -375,6 +422,7 @@ class ReportData:
     err: pd.DataFrame
     err_classes: pd.DataFrame
     err_titles: pd.DataFrame
+    cluster: pd.DataFrame  # per-replica rows of multi-replica runs (empty otherwise)
     notes: list[str]  # facts a reader may want (bottom of the page)
     warnings: list[str]  # things that change how to read the numbers (top, beside the headline)
 
@@ -412,7 +460,7 @@ def gather(out: Path) -> ReportData:
     err, err_classes, err_titles = error_frame(comparison)
     notes, warnings = _notes_and_warnings(out, runs, env)
     return ReportData(out, spec, env, runs, comparison, figures, summary_frame(runs), err, err_classes, err_titles,
-                      notes, warnings)
+                      cluster_frame(out, runs), notes, warnings)
 
 
 def _notes_and_warnings(out: Path, runs: pd.DataFrame, env: dict) -> tuple[list[str], list[str]]:
@@ -461,6 +509,8 @@ def render_html(d: ReportData) -> str:
         error_table=html_table(err, "errors", pinned=1, cell_classes=err_classes, cell_titles=d.err_titles)
         if not err.empty else "",
         summary_table=html_table(d.summary, "summary-table", pinned=PINNED), figures=d.figures, notes=d.notes,
+        cluster_table=html_table(d.cluster, "cluster-table", pinned=2) if not d.cluster.empty else "",
+        cluster_legend=CLUSTER_LEGEND,
         warnings=d.warnings, bar=compare_mod.FIDELITY_BAR, num_misses=num_misses,
         summary_legend=summary_legend(d.summary.columns), label=lambda key: metric_name(key).label,
         environment_table=html_table(d.env_rows, "environment"), spec_yaml=yaml.safe_dump(d.spec, sort_keys=False),
@@ -476,6 +526,11 @@ def render_markdown(d: ReportData) -> str:
         md += _markdown_fidelity(d, headline)
     md.append("## Summary per variant and engine\n")
     md.append(markdown_table(d.summary))
+    if not d.cluster.empty:
+        md.append("## Cluster view: per replica\n")
+        md.append(markdown_table(d.cluster))
+        md.extend(f"- **{col}**: {meaning}" for col, meaning in CLUSTER_LEGEND)
+        md.append("")
     if d.notes:
         md.append("## Notes\n")
         md.extend(f"- {n}" for n in d.notes)

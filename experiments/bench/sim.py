@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="one extra cProfile'd run, then the hotspots")
     parser.add_argument("--trace", default=None, help="trace file (default: ../shared's Azure conversation trace)")
     parser.add_argument("--step-by-step", action="store_true",
-                        help="make every plan (no bulk decode stretches): the figure before sim/decode_runs.py")
+                        help="make every plan (no bulk stretches): the figure before sim/decode_runs.py and sim/bulk_steps.py")
     args = parser.parse_args(argv)
     decode_runs = not args.step_by_step
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(runs: wall {', '.join(f'{w:.2f}' for w in walls)}; CPU {', '.join(f'{c:.2f}' for c in cpus)})")
     print(f"  {n / wall:.0f} simulated requests/s and {steps / wall:.0f} steps/s of wall time "
           f"({n / cpu:.0f} req/s, {steps / cpu:.0f} steps/s of CPU time)")
-    print(f"decode stretches advanced in bulk: {'on' if decode_runs else 'off (--step-by-step)'}; "
+    print(f"stretches advanced in bulk (sim/bulk_steps.py): {'on' if decode_runs else 'off (--step-by-step)'}; "
           f"load average {' '.join(f'{x:.2f}' for x in __import__('os').getloadavg())}")
     print(f"building the Request objects (traces layer): median CPU {statistics.median(builds):.2f}s, not included")
     print(f"bar: < 15 s on one core -> {'PASS' if cpu < 15 else 'FAIL'} on CPU time")

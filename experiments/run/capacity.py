@@ -167,10 +167,8 @@ def _watching_recorder(watch: _Watch):
     from traces.timeline import TimelineRecorder
 
     class WatchingRecorder(TimelineRecorder):
-        def on_step(self, plan, result, start_s, end_s, shape=None) -> None:
-            super().on_step(plan, result, start_s, end_s, shape)
-            for request in result.finished:
-                watch.finished(self.timelines[request.request_id])
+        def on_request_finished(self, timeline) -> None:
+            watch.finished(timeline)
 
     return WatchingRecorder()
 

@@ -53,6 +53,22 @@ def write_run(final_dir: Path, recorder: TimelineRecorder, *, slo: dict, schedul
         requests = pd.concat([requests, extra_columns.reset_index(drop=True)], axis=1)
     if extra_summary:
         summary.update(extra_summary)
+    return _write_folder(final_dir, requests, steps, summary, run_info)
+
+
+def write_cluster_run(final_dir: Path, cluster, *, slo: dict, run_info: dict) -> Path:
+    """A run of several simulated replicas (`sim.cluster.ClusterResult`), as one run folder:
+    the pooled request and step tables with a `replica` column, and a summary over every
+    request plus the cluster view (`num_replicas`, `router`, `routed`, `per_replica`, load
+    imbalance) that reports show per replica."""
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    for replica in cluster.replicas:
+        replica.with_slo(**{f"slo_{k}": v for k, v in slo.items()})
+    return _write_folder(final_dir, cluster.requests_df, cluster.steps_df, _jsonable(cluster.summary), run_info)
+
+
+def _write_folder(final_dir: Path, requests: pd.DataFrame, steps: pd.DataFrame, summary: dict, run_info: dict) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final_dir.name}-", dir=final_dir.parent))
     os.chmod(tmp, 0o755)
     try:

@@ -207,6 +207,8 @@ def plan_jobs(spec: ExperimentSpec, *, profile_path: str | None = None) -> list[
                         "executor": spec.executor if engine == "executor" else None, "repeat": repeat,
                         "code": code_ids[engine],
                     }
+                    if knobs["replicas"] > 1:  # (single-replica keys stay what they were)
+                        ident["cluster"] = {"replicas": knobs["replicas"], "router": knobs["router"]}
                     key = hashlib.sha256(canonical_json(ident).encode()).hexdigest()
                     label = _slug(f"{engine}-{variant.name}-s{seed}" + (f"-r{repeat}" if repeats > 1 else ""))
                     jobs.append(Job(engine, variant, seed, repeat, num_blocks, key, label, cost))
@@ -221,6 +223,7 @@ def scheduler_kwargs(job: Job) -> dict:
 def sim_payload(spec: ExperimentSpec, job: Job, out_dir: Path) -> dict:
     return {"trace": spec.trace, "seed": job.seed, "rate_scale": job.variant.knobs["rate_scale"],
             "model": spec.model, "scheduler": scheduler_kwargs(job), "cost_model": job.cost_model, "slo": spec.slo,
+            "replicas": job.variant.knobs["replicas"], "router": job.variant.knobs["router"],
             "run_dir": str(out_dir / "runs" / job.dirname), "run_info": _run_info(spec, job)}
 
 
@@ -236,7 +239,18 @@ def run_sim_payload(payload: dict) -> str:
                               block_size=sched.block_size, vocab_size=shape.vocab_size,
                               max_model_len=sched.max_model_len)
     cost = build_cost_model(payload["cost_model"])
+    replicas = payload.get("replicas", 1)
     t0 = time.perf_counter()
+    if replicas > 1:
+        from policy.router import build_router
+        from sim.cluster import simulate_cluster
+
+        cluster = simulate_cluster(workload.requests, sched, cost, build_router(payload["router"], replicas))
+        info = {**payload["run_info"], "workload": workload.stats, "wall_s": time.perf_counter() - t0,
+                "cost_model_describe": cost.describe()}
+        results.write_cluster_run(Path(payload["run_dir"]), cluster, slo=payload["slo"],
+                                  run_info=results._jsonable(info))
+        return payload["run_dir"]
     result = simulate(workload.requests, sched, cost)
     info = {**payload["run_info"], "workload": workload.stats, "wall_s": time.perf_counter() - t0,
             "cost_model_describe": cost.describe()}

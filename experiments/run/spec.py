@@ -29,6 +29,9 @@ A spec is validated completely before any work starts, and every error names the
     variants:                        # explicit variants (each merged over base) ...
       - {name: static, batching: static}
     grid: {max_num_batched_tokens: [64, 256]}   # ... times this cartesian grid
+    # Engine-level knobs, also per variant / grid: rate_scale, attention_backend, weight_format,
+    # and for the simulator replicas (default 1) behind a router (round-robin, least-tokens,
+    # prefix-aware), e.g. `base: {replicas: 4}` and `grid: {router: [round-robin, prefix-aware]}`.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import yaml
 
 from experiments.run.strict_yaml import DuplicateKeyError, NotTextError, load_yaml_file
 from policy.config import DEFAULT_MAX_MODEL_LEN, SchedulerConfig
+from policy.router import ROUTERS
 
 ENGINES = ("sim", "executor")
 DTYPES = ("bf16", "fp16", "fp32")
@@ -79,12 +83,15 @@ ENGINE_KNOBS = {
     "attention_backend": str,
     "weight_format": str,
     "rate_scale": (int, float),  # multiplies the trace's request rate (throughput-vs-rate sweeps)
+    "replicas": int,  # identical simulated replicas behind `router` (sim only)
+    "router": str,  # policy.router: how arrivals are spread over the replicas
 }
 VARIANT_KNOBS = {**SCHEDULER_KNOBS, **ENGINE_KNOBS}
 CHOICES = {
     **{name: choices for name, _, _, _, choices in SchedulerConfig.knob_fields() if choices},
     "attention_backend": ATTENTION_BACKENDS,
     "weight_format": WEIGHT_FORMATS,
+    "router": tuple(ROUTERS),
 }
 # Scheduling defaults are SchedulerConfig's (None: resolved per model / memory budget).
 DEFAULT_KNOBS = {
@@ -92,6 +99,8 @@ DEFAULT_KNOBS = {
     "attention_backend": "torch",
     "weight_format": "dense",
     "rate_scale": 1.0,
+    "replicas": 1,
+    "router": "round-robin",
 }
 TOP_LEVEL = {
     "name": str,
@@ -304,6 +313,11 @@ def _parse(data, source: str, base_dir: Path | None) -> ExperimentSpec:
 
     variants = _expand_variants(data.get("base", {}), data.get("variants"), data.get("grid", {}),
                                 model_max_len=_model_positions(model))
+    if "executor" in engines:
+        for i, v in enumerate(variants):
+            if v.knobs["replicas"] > 1:
+                raise SpecError(f"variants[{i}] ({v.name}).replicas: the executor runs one replica; "
+                                f"replicas={v.knobs['replicas']} needs engines: [sim]")
     if trace.get("max_prompt_len") is not None:
         for v in variants:
             if trace["max_prompt_len"] >= v.knobs["max_model_len"]:
@@ -389,6 +403,8 @@ def _check_knobs(where: str, knobs: dict) -> None:
             raise SpecError(f"{where}.{key}: must be >= 1, got {value}")
     if "rate_scale" in knobs and knobs["rate_scale"] <= 0:
         raise SpecError(f"{where}.rate_scale: must be > 0, got {knobs['rate_scale']}")
+    if "replicas" in knobs and knobs["replicas"] < 1:
+        raise SpecError(f"{where}.replicas: must be >= 1 (the number of simulated replicas), got {knobs['replicas']}")
 
 
 def _model_positions(model: str) -> int | None:

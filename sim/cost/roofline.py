@@ -120,7 +120,11 @@ class RooflineCostModel(CostModel):
         return linear + lm_head + attention + activations + overhead
 
     def attention_seconds(self, shape: tuple) -> float:
-        return self.parts(shape)[2]
+        # `parts(shape)[2]`, written out: the fitted model prices every step through here.
+        _, pre_tok, n_dec, pre_ctx, dec_ctx, pairs, _ = shape
+        attn_c = (pairs + dec_ctx) * self._attn_flop_s
+        attn_m = (pre_ctx + dec_ctx + pre_tok + n_dec) * self._kv_byte_s
+        return attn_c if attn_c > attn_m else attn_m
 
     def head_seconds(self, n_sampled: int) -> float:
         """LM head and logits traffic for the sampled rows."""

@@ -204,3 +204,36 @@ def test_sim_and_executor_end_to_end(tmp_path, monkeypatch):
         assert (t[["prompt_len", "output_len"]] == tables[0][["prompt_len", "output_len"]]).all().all()
     page = (out / "report.html").read_text()
     assert "Predicted vs measured" in page and "Kendall tau" in page
+
+
+def test_report_shows_the_cluster_view_of_multi_replica_runs(tmp_path):
+    spec = {
+        "name": "routers-test", "description": "three routers over three replicas",
+        "trace": {"preset": "shared-prefix", "params": {"num_groups": 4, "prompts_per_group": 10, "system_prompt_len": 256,
+                                                    "question_len": 32, "output_len": 16, "rate": 40.0}},
+        "model": "qwen3-0.6b", "hardware": "h100-sxm", "engines": ["sim"],
+        "base": {"max_model_len": 1024, "replicas": 3},
+        "grid": {"router": ["round-robin", "least-tokens", "prefix-aware"]},
+    }
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    run_spec(load_spec(tmp_path / "spec.yaml"), out, workers=1, progress=False)
+    html_path, md_path = write_report(out)
+    md = md_path.read_text()
+    assert "## Cluster view: per replica" in md
+    section = md.split("## Cluster view: per replica", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| router=")]
+    assert len(rows) == 3 * (3 + 1)  # three replicas and the cluster row, per router
+    header = section.splitlines()[2]
+    for col in ("replica", "requests", "load share %", "TTFT p50 ms", "TTFT p90 ms", "prefix hit rate %"):
+        assert col in header
+    round_robin = [r for r in rows if r.startswith("| router=round-robin ")]
+    assert [r.split(" | ")[4] for r in round_robin] == ["0", "1", "2", "cluster"]
+    assert [r.split(" | ")[5] for r in round_robin] == ["14", "13", "13", "40"]
+    page = html_path.read_text()
+    assert 'id="cluster-table"' in page and "Cluster view: per replica" in page
+
+
+def test_single_replica_reports_have_no_cluster_view(sim_results):
+    _, md_path = write_report(sim_results)
+    assert "Cluster view" not in md_path.read_text()

@@ -66,6 +66,12 @@ def test_valid_spec_expands_variants_with_defaults(tmp_path):
         ({"variants": [{"name": "x"}, {"name": "x"}]}, "names must be unique"),
         ({"executor": {"clock": "tsc"}}, "executor.clock: 'tsc' is not one of ['wall', 'cpu']"),
         ({"executor": {"clock": "cpu", "threads": 2}}, "executor.clock: cpu needs executor.threads: 1"),
+        ({"grid": {"router": ["round-robin", "random"]}}, "grid.router: 'random' is not allowed; allowed: "
+                                                           "['round-robin', 'least-tokens', 'prefix-aware']"),
+        ({"base": {"replicas": 0}}, "base.replicas: must be >= 1 (the number of simulated replicas), got 0"),
+        ({"variants": [{"replicas": "4"}]}, "variants[0].replicas: expected an integer"),
+        ({"engines": ["sim", "executor"], "model": "smollm2-135m", "base": {"replicas": 2}},
+         "variants[0] (a).replicas: the executor runs one replica; replicas=2 needs engines: [sim]"),
     ],
 )
 def test_bad_spec_names_the_field(tmp_path, change, fragment):
@@ -109,7 +115,7 @@ def test_builtin_specs_are_valid():
             "chunked-prefill.yaml", "prefix-caching.yaml", "gptq-int4.yaml"} <= set(names)
     mooncake = Path(__file__).resolve().parents[2].parent / "shared" / "traces" / "mooncake-conversation"
     for name in names:
-        if name == "prefix-caching-mooncake.yaml" and not mooncake.is_dir():
+        if name.endswith("-mooncake.yaml") and not mooncake.is_dir():
             with pytest.raises(SpecError, match="trace.path"):
                 load_spec(SPECS / name)
             continue
@@ -147,3 +153,39 @@ def test_run_prints_full_variant_names(tmp_path):
     assert res.exit_code == 0, res.output
     for tokens in (256, 512):
         assert f"continuous-batching-with-prefix-cache/max_num_batched_tokens={tokens} " in res.output
+
+
+def test_a_spec_compares_routers_over_replicas(tmp_path):
+    # Routers as a grid over replicas: one simulated cluster per router, a run folder each with
+    # the pooled tables (a `replica` column) and the cluster view in its summary; the
+    # replica count and router are part of the run's key.
+    data = base_spec(trace={"preset": "shared-prefix", "params": {"num_groups": 4, "prompts_per_group": 10,
+                                                                  "system_prompt_len": 256, "question_len": 32,
+                                                                  "output_len": 16, "rate": 40.0}},
+                     base={"replicas": 3, "enable_prefix_caching": True}, variants=None,
+                     grid={"router": ["round-robin", "least-tokens", "prefix-aware"]})
+    del data["variants"]
+    spec = load_spec(write(tmp_path, data))
+    assert [v.name for v in spec.variants] == ["router=round-robin", "router=least-tokens", "router=prefix-aware"]
+    jobs = plan_jobs(spec)
+    assert len({job.key for job in jobs}) == 3
+    single = load_spec(write(tmp_path, {**data, "base": {"replicas": 1, "enable_prefix_caching": True}}))
+    assert not {job.key for job in plan_jobs(single)} & {job.key for job in jobs}
+    run_spec(spec, tmp_path / "out", workers=1, progress=False)
+    out = tmp_path / "out"
+    import json
+
+    import pandas as pd
+
+    hit = {}
+    for run in sorted((out / "runs").iterdir()):
+        summary = json.loads((run / "summary.json").read_text())
+        info = json.loads((run / "run.json").read_text())
+        assert summary["num_replicas"] == 3 and summary["router"] == info["knobs"]["router"]
+        assert len(summary["per_replica"]) == 3 and sum(summary["routed"]) == summary["num_requests"] == 40
+        requests = pd.read_parquet(run / "requests.parquet")
+        assert set(requests["replica"]) <= {0, 1, 2} and len(requests) == 40
+        if summary["router"] == "round-robin":
+            assert summary["routed"] == [14, 13, 13]
+        hit[summary["router"]] = summary["prefix_hit_rate"]
+    assert hit["prefix-aware"] > hit["round-robin"]

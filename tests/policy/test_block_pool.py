@@ -105,3 +105,23 @@ def test_reset_prefix_cache_only_when_nothing_is_in_use():
 def test_pool_needs_a_block():
     with pytest.raises(ValueError, match="num_blocks=0"):
         BlockPool(0)
+
+
+def test_get_new_block_is_get_new_blocks_of_one():
+    from tests.policy.invariants import check_pool
+
+    pools = [BlockPool(4), BlockPool(4)]
+    for pool in pools:
+        a, b, c = pool.get_new_blocks(3)
+        pool.cache_block(a, b"ha")
+        pool.free_blocks([c, a])  # free list: 3, 2, 0 (0 keeps its hash until reused)
+    for _ in range(3):
+        one = pools[0].get_new_block()
+        (other,) = pools[1].get_new_blocks(1)
+        assert one.block_id == other.block_id and one.ref_cnt == other.ref_cnt == 1
+        assert free_ids(pools[0]) == free_ids(pools[1])
+        assert pools[0].lookup(b"ha") is None or pools[0].lookup(b"ha").block_id == 0
+        check_pool(pools[0])
+    assert pools[0].lookup(b"ha") is None and pools[0].num_free_blocks == 0
+    with pytest.raises(ValueError, match="0 free"):
+        pools[0].get_new_block()

@@ -193,3 +193,31 @@ def test_unpublish_uncomputed_withdraws_blocks_filled_only_by_a_taken_back_step(
     assert kv.pool.cached == {}
     kv.free(a)
     assert kv.get_computed_blocks(Request("b", list(range(12)), max_tokens=1))[1] == 0
+
+
+def test_grow_by_one_block_is_allocate_slots_at_a_boundary_without_caching():
+    kvs = [KVCacheManager(6, BS, enable_caching=False) for _ in range(2)]
+    reqs = [[Request(f"r{i}", [1] * 8, max_tokens=20) for i in range(2)] for _ in kvs]
+    for kv, pair in zip(kvs, reqs):
+        for req in pair:
+            admit(kv, req)  # two full blocks each: 4 of 6 blocks used
+    for step in range(2):  # each request crosses into a third block: the pool runs dry
+        for i in range(2):
+            a, b = reqs[0][i], reqs[1][i]
+            for req in (a, b):
+                req.append_output_token(5)
+            ids = kvs[0].allocate_slots(a, 1)
+            grew = kvs[1].grow_by_one_block(b)
+            assert grew == (ids is not None)
+            if grew:
+                a.num_computed_tokens += 1
+                b.num_computed_tokens += 1
+            assert snapshot(kvs[0]) == snapshot(kvs[1]) and a.num_kv_slots == b.num_kv_slots
+        if step == 0:
+            for pair in reqs:  # fill the third block's remaining slots so the next token needs a fourth
+                for req in pair:
+                    req.num_computed_tokens = req.num_kv_slots
+                    req.all_token_ids.extend([5] * (req.num_kv_slots + 1 - len(req.all_token_ids)))
+    assert not kvs[1].grow_by_one_block(reqs[1][0])  # nothing left: refused, nothing changed
+    with pytest.raises(ValueError, match="with prefix caching"):
+        KVCacheManager(6, BS).grow_by_one_block(reqs[1][0])

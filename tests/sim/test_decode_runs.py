@@ -121,3 +121,145 @@ def test_a_full_batch_runs_out_of_blocks_mid_stretch():
     slow, _ = assert_identical(table, num_blocks=300, block_size=16, max_model_len=6000, max_num_seqs=16,
                                max_num_batched_tokens=512, enable_prefix_caching=False)
     assert slow.stats.num_preemptions > 0
+
+
+# -- the general stretches (sim/bulk_steps.py): prefill rows, admissions and arrivals inside --
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "priority", "shortest-prompt-first", "longest-prefix-match"])
+def test_queue_policies_with_a_chunk_threshold_and_a_watermark(policy):
+    # A per-request chunk cap lets a later prompt finish its prefill before an earlier one
+    # (so a decode can sit behind a prefill row); reserve_full_prompt and the watermark shape
+    # the admissions the stretch makes through the scheduler's own _admit.
+    slow, _ = assert_identical(AZURE_10X, num_blocks=2500, block_size=16, max_model_len=8192, max_num_seqs=24,
+                               max_num_batched_tokens=384, long_prefill_token_threshold=100, policy=policy,
+                               reserve_full_prompt=True, watermark=0.02, enable_prefix_caching=True)
+    assert slow.summary["queue_p90_s"] > 0
+
+
+def test_more_sequences_than_the_token_budget():
+    # max_num_seqs above the budget: some steps cannot give every decode its token, and a
+    # stretch must hand those back to the scheduler.
+    table = traces.generate("poisson", seed=5, num_requests=120, rate=400.0, prompt="uniform:2:6",
+                            output="uniform:20:90")
+    slow, _ = assert_identical(table, CONSTANT, num_blocks=4000, block_size=4, max_model_len=512, max_num_seqs=64,
+                               max_num_batched_tokens=16, enable_prefix_caching=False)
+    assert slow.steps_df["num_requests"].max() == 16  # the budget, not max_num_seqs, bounded the batch
+
+
+def test_compact_tokens_as_the_cli_builds_them():
+    # The CLI stores prompts as arrays (one repeated id without prefix caching): lazy decodes
+    # are padded with array repetition there.
+    def run_compact(decode_runs):
+        recorder = TimelineRecorder()
+        config = SchedulerConfig(num_blocks=6000, block_size=16, max_model_len=8192, max_num_seqs=64,
+                                 max_num_batched_tokens=512, enable_prefix_caching=False)
+        requests = AZURE.iter_requests(block_size=16, vocab_size=32000, synthesize_tokens=False, compact_tokens=True)
+        return simulate(requests, config, ROOFLINE, recorder=recorder, decode_runs=decode_runs), recorder
+
+    slow, slow_log = run_compact(False)
+    fast, fast_log = run_compact(True)
+    assert fast_log.timelines == slow_log.timelines
+    assert fast_log.steps == slow_log.steps
+    assert fast.summary == slow.summary
+
+
+def test_stop_tokens_and_eos_get_their_own_filler():
+    from policy import Request
+
+    def requests():
+        out = []
+        for i in range(60):
+            # Filler 1 would stop these: the step must sample another token for them, also
+            # inside a stretch, and stop them on length exactly as the scheduler does.
+            kw = dict(stop_token_ids=(1, 2)) if i % 3 == 0 else dict(eos_token_id=1) if i % 3 == 1 else {}
+            out.append(Request(f"r{i}", [7 + i % 5] * (20 + 13 * (i % 7)), max_tokens=5 + (i * 7) % 40,
+                               arrival_time=0.01 * i, **kw))
+        return out
+
+    config = SchedulerConfig(num_blocks=400, block_size=8, max_model_len=1024, max_num_seqs=12,
+                             max_num_batched_tokens=96, enable_prefix_caching=True)
+    slow_log, fast_log = TimelineRecorder(), TimelineRecorder()
+    slow = simulate(requests(), config, CONSTANT, recorder=slow_log, decode_runs=False)
+    fast = simulate(requests(), config, CONSTANT, recorder=fast_log, decode_runs=True)
+    assert fast_log.timelines == slow_log.timelines
+    assert fast_log.steps == slow_log.steps
+    assert fast.stats == slow.stats
+    assert all(t.finish_reason == "length" for t in slow_log.timelines.values())
+
+
+def test_max_model_len_caps_outputs_inside_a_stretch():
+    table = traces.generate("poisson", seed=6, num_requests=80, rate=50.0, prompt="uniform:100:200",
+                            output="uniform:50:400")
+    slow, _ = assert_identical(table, num_blocks=3000, block_size=16, max_model_len=300, max_num_seqs=32,
+                               max_num_batched_tokens=256, enable_prefix_caching=False)
+    assert (slow.requests_df["output_len"] < slow.requests_df["max_tokens"]).any()
+
+
+def test_whole_run_in_few_stretches_takes_arrivals_and_prefills():
+    # With the driver's arrival stream lent to it, a stretch survives arrivals, admissions,
+    # prefill chunks and finishes: most steps of a busy replica never reach the scheduler.
+    from policy import build_scheduler
+    from policy.driver import StepDriver, VirtualClock
+    from sim.decode_runs import DecodeRuns
+
+    config = SchedulerConfig(num_blocks=6000, block_size=16, max_model_len=8192, max_num_seqs=64,
+                             max_num_batched_tokens=512, enable_prefix_caching=False)
+    sched = build_scheduler(config)
+    recorder = TimelineRecorder()
+    clock = VirtualClock()
+    step = PricedStep(ROOFLINE, clock, sched)
+    driver = StepDriver(sched, step, clock, recorder)
+    runs = driver.after_step = DecodeRuns(sched, step, recorder, driver.stats, driver, submit_arrivals=True)
+    seen = []
+    stats = driver.run(requests_of(AZURE), on_progress=lambda st: seen.append(st.num_finished))
+    assert stats.num_finished == len(AZURE)
+    assert runs.num_bulk_steps > 0.9 * stats.num_steps, (runs.num_bulk_steps, stats.num_steps)
+    # A progress bar still moves: the stretches report every 4096 steps.
+    assert len(seen) >= stats.num_steps // 4096 >= 2 and seen == sorted(seen)
+
+
+@pytest.mark.parametrize("router", ["round-robin", "least-tokens", "prefix-aware"])
+def test_replicas_behind_a_router(router):
+    # In a cluster the stretch may not take arrivals (the router places them): it stops at
+    # each one; finishes inside it still reach the router's load accounting.
+    from policy.router import build_router
+    from sim.cluster import simulate_cluster
+
+    config = SchedulerConfig(num_blocks=1500, block_size=16, max_model_len=8192, max_num_seqs=32,
+                             max_num_batched_tokens=512, enable_prefix_caching=True)
+    slow = simulate_cluster(requests_of(AZURE_10X), config, ROOFLINE, build_router(router, 3), decode_runs=False)
+    fast = simulate_cluster(requests_of(AZURE_10X), config, ROOFLINE, build_router(router, 3), decode_runs=True)
+    assert fast.routed == slow.routed
+    for a, b in zip(fast.replicas, slow.replicas):
+        assert a.recorder.timelines == b.recorder.timelines
+        assert a.recorder.steps == b.recorder.steps
+        assert a.stats == b.stats
+
+
+def test_finish_hook_sees_every_finish_in_order_inside_stretches(tmp_path):
+    # Recorders that watch finishes (the capacity search stops a run on an SLO breach) get
+    # on_request_finished from the bulk steps exactly as from on_step, and keep the fast path.
+    class Watching(TimelineRecorder):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def on_request_finished(self, timeline):
+            self.seen.append((timeline.request_id, timeline.finish_s, len(timeline.token_times)))
+
+    config = SchedulerConfig(num_blocks=6000, block_size=16, max_model_len=8192, max_num_seqs=64,
+                             max_num_batched_tokens=512, enable_prefix_caching=True)
+    slow, fast = Watching(), Watching()
+    simulate(requests_of(AZURE), config, ROOFLINE, recorder=slow, decode_runs=False)
+    result = simulate(requests_of(AZURE), config, ROOFLINE, recorder=fast, decode_runs=True)
+    assert fast.seen == slow.seen and len(fast.seen) == result.stats.num_finished
+    from policy import build_scheduler
+    from policy.driver import RunStats, VirtualClock
+    from sim.decode_runs import DecodeRuns
+    from traces.streaming import StreamingRecorder
+
+    sched = build_scheduler(config)
+    step = PricedStep(ROOFLINE, VirtualClock(), sched)
+    assert DecodeRuns(sched, step, Watching(), RunStats()).bulk is not None
+    assert DecodeRuns(sched, step, StreamingRecorder(tmp_path), RunStats()).bulk is None  # writes per step

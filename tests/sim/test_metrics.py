@@ -45,6 +45,22 @@ def test_itl_pools_every_gap_within_requests_only(timelines):
     assert sorted(gaps.tolist()) == pytest.approx(sorted([0.5, 1.5, 0.25, 0.25, 1.0, 2.0]))
 
 
+def test_itl_gaps_are_np_diff_within_each_request_bit_for_bit():
+    rng = np.random.default_rng(0)
+    timelines = {}
+    for i in range(50):
+        n = int(rng.integers(0, 40))
+        t = RequestTimeline(f"r{i}", 0.0, 8, 40, token_times=np.cumsum(rng.random(n) * 0.1).tolist())
+        t.status = "finished" if i % 7 else "aborted"
+        timelines[t.request_id] = t
+    expected = [np.diff(np.array(t.token_times)) for t in timelines.values()
+                if len(t.token_times) > 1 and t.status == "finished"]
+    assert np.array_equal(metrics.itl_gaps(timelines), np.concatenate(expected))
+    everyone = [np.diff(np.array(t.token_times)) for t in timelines.values() if len(t.token_times) > 1]
+    assert np.array_equal(metrics.itl_gaps(timelines, finished_only=False), np.concatenate(everyone))
+    assert metrics.itl_gaps({}).shape == (0,)
+
+
 def test_summary_definitions(timelines):
     req = metrics.requests_table(timelines)
     steps = metrics.steps_table([
