@@ -376,7 +376,10 @@ def run_spec(
         else:
             todo.append(job)
     sim_jobs = [j for j in todo if j.engine == "sim"]
-    exec_jobs = [j for j in todo if j.engine == "executor"]
+    # Executor runs round by round (every variant's first repeat, then every variant's second):
+    # a machine whose speed drifts over the minutes a spec takes then shows up in each variant's
+    # run-to-run spread, instead of as a difference between variants run at different times.
+    exec_jobs = sorted((j for j in todo if j.engine == "executor"), key=lambda j: (j.seed, j.repeat))
 
     def done(job: Job) -> None:
         report.ran.append(job)

@@ -137,3 +137,26 @@ def test_spec_selects_the_profile_driven_cost_model(tmp_path):
     assert run["cost_model"]["spec"].startswith("profile:") and run["cost_model_describe"]["kind"] == "profile"
     with pytest.raises(SpecError, match="no ops.csv or mlp.csv"):
         load_spec(sim_spec(tmp_path, cost_model="profile:nowhere"))
+
+
+def test_executor_runs_go_round_by_round(tmp_path, monkeypatch):
+    """Every variant's first repeat before any variant's second: machine drift over a long spec
+    lands in each variant's spread, not between variants."""
+    from experiments.run import runner
+
+    order = []
+
+    class FakePool:  # records the order; the runs themselves are not what this test is about
+        def __init__(self, spec, max_blocks):
+            pass
+
+        def run(self, job, out):
+            order.append((job.variant.name, job.repeat))
+
+    monkeypatch.setattr(runner, "ExecutorPool", FakePool)
+    spec = load_spec(sim_spec(tmp_path, engines=["executor"], model="smollm2-135m", repeats=2, grid={},
+                              variants=[{"name": "a"}, {"name": "b"}, {"name": "c"}]))
+    jobs = [j for j in plan_jobs(spec) if j.engine == "executor"]
+    assert [(j.variant.name, j.repeat) for j in jobs][:2] == [("a", 0), ("a", 1)]  # planned variant by variant
+    run_spec(spec, tmp_path / "out", workers=1, progress=False)
+    assert order == [("a", 0), ("b", 0), ("c", 0), ("a", 1), ("b", 1), ("c", 1)]
