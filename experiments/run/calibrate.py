@@ -8,7 +8,7 @@ The real engine is driven through its own scheduler, so every timed step is a ge
   P tokens at contexts 0, P, 2P, ... (prefill attention over cached context);
 - decodes: B requests at context C decoding together, each over its own KV blocks (distinct
   prompts: B decodes sharing one cached prompt would read the same blocks, which the CPU's
-  caches serve up to 30 % faster than a replay's distinct contexts). The largest batch is
+  caches serve up to 37 % faster than a replay's distinct contexts). The largest batch is
   prefilled once per context and shrunk by aborting requests;
 - mixed steps: a fresh prompt of P tokens joining those B decodes, then aborted;
 - prefill after a prefix hit: a prompt whose first C tokens are in the prefix cache, so its
@@ -198,7 +198,7 @@ def _grid_pass(prof, prefill_tokens, decode_batches, contexts, mixed_prefill, re
 
     # Decodes of B requests at context C, and mixed steps on top of them. The B requests have
     # distinct prompts (distinct KV blocks, as in a replay: B decodes sharing one cached prompt
-    # read the same blocks and run up to 30 % faster from the CPU's caches). The batch is
+    # read the same blocks and run up to 37 % faster from the CPU's caches). The batch is
     # prefilled once at the largest B, then shrunk by aborting requests, so each context costs
     # one set of prefills; those prefill chunks are samples too.
     # Decode steps are cheap (50-200 ms) and most of what a replay below capacity runs, so they
