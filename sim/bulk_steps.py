@@ -272,18 +272,6 @@ class BulkSteps:
                     if allocate(req, n) is None:
                         raise AssertionError(f"bulk steps: allocation for {req.request_id!r} failed after the check")
                 req.num_computed_tokens = c + n
-                if n == 1 and c >= len(req.prompt_token_ids):
-                    n_dec += 1
-                    dec_ctx += c + 1
-                else:
-                    n_pre += 1
-                    pre_tok += n
-                    pre_ctx += c + n
-                    pairs += n * c + (n * (n + 1) >> 1)
-                if c + n == len(req.all_token_ids):
-                    sampled.append(req)
-                    if not (n == 1 and c >= len(req.prompt_token_ids)):
-                        n_samp += 1
             if n_waiting and b > 0 and len(sched.running) < max_seqs:
                 admitted = []
                 b = sched._admit(admitted, b, bare=True)
@@ -293,19 +281,23 @@ class BulkSteps:
                     timeline = timelines[req.request_id]
                     if timeline.first_scheduled_s is None:
                         timeline.first_scheduled_s = t
-                    samples = c + n == len(req.all_token_ids)
-                    if n == 1 and c >= len(req.prompt_token_ids):
-                        n_dec += 1
-                        dec_ctx += c + 1
-                    else:
-                        n_pre += 1
-                        pre_tok += n
-                        pre_ctx += c + n
-                        pairs += n * c + (n * (n + 1) >> 1)
-                        if samples:
-                            n_samp += 1
-                    if samples:
-                        sampled.append(req)
+                if admitted:
+                    rows += admitted
+            # the explicit rows' part of the step shape (policy.plan.plan_shape's sums, one pass)
+            for req, c, n in rows:
+                decode = n == 1 and c >= len(req.prompt_token_ids)
+                if decode:
+                    n_dec += 1
+                    dec_ctx += c + 1
+                else:
+                    n_pre += 1
+                    pre_tok += n
+                    pre_ctx += c + n
+                    pairs += n * c + (n * (n + 1) >> 1)
+                if c + n == len(req.all_token_ids):
+                    sampled.append(req)
+                    if not decode:
+                        n_samp += 1
 
             # -- price it -----------------------------------------------------------------
             n_samp += n_dec
