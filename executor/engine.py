@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from executor.attention.registry import get_backend
+from executor.clocks import CLOCKS, EngineCpuClock, ReferenceSpeedClock, WallClock, make_clock  # noqa: F401 (re-exported)
 from executor.engine_config import ExecutorConfig
 from executor.kv_cache import KVBudgetError, KVCache, blocks_for_budget, bytes_per_block
 from executor.model_runner import ModelRunner
@@ -57,61 +58,6 @@ class EngineStats:
 
 
 _GREEDY = SamplingParams(temperature=0.0)
-
-
-class WallClock:
-    """Monotonic seconds since the clock was made; waiting really sleeps."""
-
-    def __init__(self, clock=time.monotonic, sleep=time.sleep) -> None:
-        self._clock = clock
-        self._sleep = sleep
-        self._t0 = clock()
-
-    def now(self) -> float:
-        return self._clock() - self._t0
-
-    def wait_until(self, t: float) -> None:
-        delay = t - self.now()
-        if delay > 0:
-            self._sleep(delay)
-
-
-class EngineCpuClock:
-    """Engine time: the engine thread's own CPU time while it works, idle waits skipped.
-
-    On a shared or virtualised CPU host, wall time per step swings by 15-40 % with what else
-    runs (descheduling, timer interrupts, a sibling vCPU), which no cost model of the *engine*
-    can predict. With one torch thread every instruction of a step (schedule, forward, sample,
-    record) runs on this thread, so its CPU time is the step's cost on a dedicated core.
-    Waiting for the next arrival jumps there (as the simulator's clock does) instead of
-    sleeping: a sleeping vCPU also comes back slower. Used by calibration and by replays that
-    compare with the simulator (`folovllm fidelity`, spec `executor: {clock: cpu}`).
-    """
-
-    def __init__(self, clock=time.thread_time) -> None:
-        if torch.get_num_threads() != 1:
-            raise ValueError(f"the cpu clock needs one torch thread (torch.set_num_threads(1)); "
-                             f"this process uses {torch.get_num_threads()}: other threads' work would be missed")
-        self._clock = clock
-        self._offset = -clock()
-
-    def now(self) -> float:
-        return self._clock() + self._offset
-
-    def wait_until(self, t: float) -> None:
-        delay = t - self.now()
-        if delay > 0:
-            self._offset += delay
-
-
-CLOCKS = {"wall": WallClock, "cpu": EngineCpuClock}
-
-
-def make_clock(name: str):
-    """A replay clock by name: `wall` (monotonic, sleeps when idle) or `cpu` (EngineCpuClock)."""
-    if name not in CLOCKS:
-        raise ValueError(f"clock {name!r}: choose one of {sorted(CLOCKS)}")
-    return CLOCKS[name]()
 
 
 class _NoRecorder:

@@ -48,10 +48,12 @@ def _workload(n: int, prefix: int, suffix: int, vocab: int) -> list[list[int]]:
     return [shared + [3 + ((r + 1) * 104729 + j * 31) % (vocab - 3) for j in range(suffix)] for r in range(n)]
 
 
-def run_pass(engine, prompts: list[list[int]], output: int) -> list[tuple[tuple, tuple[float, float, int]]]:
+def run_pass(engine, prompts: list[list[int]], output: int, ref_clock=None) -> list[tuple[tuple, tuple]]:
     """One pass: (plan shape, (runner wall seconds, runner CPU seconds, minor page faults, whole
-    step wall seconds, whole step CPU seconds)) per non-empty step. CPU time is what the step cost this process; wall time minus it is time the
-    step waited for a core (other processes), so the two separate our noise from theirs."""
+    step wall seconds, whole step CPU seconds[, whole step on `ref_clock`])) per non-empty step.
+    CPU time is what the step cost this process; wall time minus it is time the step waited
+    for a core (other processes), so the two separate our noise from theirs. `ref_clock` (an
+    executor.clocks.ReferenceSpeedClock) also divides out the host's speed drift."""
     from executor.sampler import SamplingParams
 
     runner = engine.runner
@@ -74,9 +76,12 @@ def run_pass(engine, prompts: list[list[int]], output: int) -> list[tuple[tuple,
         steps = []
         while engine.has_unfinished_requests():
             n_before = len(timings)
+            r0 = ref_clock.now() if ref_clock is not None else 0.0
             c0, t0 = time.process_time(), time.perf_counter()
             plan, result = engine.step()
             whole = (time.perf_counter() - t0, time.process_time() - c0)
+            if ref_clock is not None:
+                whole += (ref_clock.now() - r0,)
             if plan.scheduled:
                 steps.append((plan_shape(plan), timings[n_before] + whole))
     finally:
@@ -137,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps-out", default=None,
                     help="also write the first pass's steps (StepRecord columns) to this parquet file, as held-out "
                          "steps for experiments.analysis.cost_model_heldout")
-    ap.add_argument("--steps-clock", choices=("wall", "cpu"), default="wall",
-                    help="duration_s of --steps-out: whole engine.step wall or process CPU seconds")
+    ap.add_argument("--steps-clock", choices=("wall", "cpu", "cpu-ref"), default="wall",
+                    help="duration_s of --steps-out: whole engine.step wall, process CPU, or cpu-ref seconds")
     args = ap.parse_args(argv)
 
     import torch
@@ -157,9 +162,17 @@ def main(argv: list[str] | None = None) -> int:
     prompts = _workload(args.requests, args.prefix, args.suffix, engine.config.vocab_size)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, interop {torch.get_num_interop_threads()}, "
           f"loadavg before {os.getloadavg()[0]:.2f}")
-    run_pass(engine, prompts, args.output)  # warm-up pass: first-touch of the KV pages, caches
-    passes = [run_pass(engine, prompts, args.output) for _ in range(args.passes)]
-    for which, label in ((0, "wall time"), (1, "process CPU time")):
+    ref_clock = None
+    if torch.get_num_threads() == 1:
+        from executor.clocks import ReferenceSpeedClock
+
+        ref_clock = ReferenceSpeedClock()
+    run_pass(engine, prompts, args.output, ref_clock)  # warm-up pass: first-touch of the KV pages, caches
+    passes = [run_pass(engine, prompts, args.output, ref_clock) for _ in range(args.passes)]
+    # Runner-only wall / CPU time (0, 1), and the whole step on the speed-referenced clock (5).
+    columns = [(0, "wall time"), (1, "process CPU time")] + ([(5, "CPU time at reference speed (cpu-ref clock)")]
+                                                             if ref_clock is not None else [])
+    for which, label in columns:
         print(f"\n{label} (identical plans, pass 1 vs pass 2)")
         print(f"{'class':32s} {'steps':>5s} {'median ms':>9s} {'pass spread':>11s} {'max':>7s} {'within':>7s} "
               f"{'faults/step':>11s}")
@@ -172,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
               f"total {sum(t[which] for _, t in passes[0]):.2f} s vs {sum(t[which] for _, t in passes[1]):.2f} s")
     print(f"loadavg after {os.getloadavg()[0]:.2f}")
     if args.steps_out:
-        write_steps(passes[0], args.steps_out, 3 if args.steps_clock == "wall" else 4)
+        if args.steps_clock == "cpu-ref" and ref_clock is None:
+            raise SystemExit("--steps-clock cpu-ref needs --threads 1")
+        write_steps(passes[0], args.steps_out, {"wall": 3, "cpu": 4, "cpu-ref": 5}[args.steps_clock])
         print(f"steps of pass 1 ({args.steps_clock} clock) written to {args.steps_out}")
     return 0
 

@@ -49,8 +49,9 @@ _DECODE_HEADROOM = 48
 
 
 # "cpu": the calling thread's CPU time, as executor.engine.EngineCpuClock measures replays
-# (one torch thread, so every step's instruction runs on it).
-CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+# (one torch thread, so every step's instruction runs on it). "cpu-ref": that CPU time at the
+# host's reference speed (executor.clocks.ReferenceSpeedClock), made when calibration starts.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time, "cpu-ref": None}
 
 
 def contexts_for(max_model_len: int) -> tuple[int, ...]:
@@ -333,16 +334,19 @@ def calibrate(model: str, out: str | Path, *, dtype: str = "fp32", block_size: i
     `max_model_len` is the longest context the workloads it prices reach (the grid spans it).
     `clock="cpu"` times steps in the engine thread's CPU time instead of wall time: with one
     torch thread that is the step's own cost, without the time the thread was not running (a
-    busy or virtualised host). Replays measured on the same clock (`executor: {clock: cpu}`,
-    `folovllm fidelity`) are what such a profile predicts."""
+    busy or virtualised host). `clock="cpu-ref"` also divides out the host's speed drift
+    (executor.clocks.ReferenceSpeedClock) and records the probe's reference time in the
+    profile, so replays on that clock a while later are on the same scale. Replays measured on
+    the same clock (`executor: {clock: ...}`, `folovllm fidelity`) are what such a profile
+    predicts."""
     if clock not in CLOCKS:
         raise ValueError(f"clock={clock!r}: choose one of {sorted(CLOCKS)}")
     _set_threads(threads)
-    if clock == "cpu":
+    if clock in ("cpu", "cpu-ref"):
         import torch
 
         if torch.get_num_threads() != 1:
-            raise ValueError("clock='cpu' needs one torch thread (threads=1): other threads' work would be missed")
+            raise ValueError(f"clock={clock!r} needs one torch thread (threads=1): other threads' work would be missed")
     from executor.engine import LLMEngine
     from sim.cost.profiled import fit_profile
 
@@ -366,19 +370,55 @@ def calibrate(model: str, out: str | Path, *, dtype: str = "fp32", block_size: i
                        max_num_batched_tokens=max_model_len, attention_backend=attention_backend,
                        dtype=model_ref.TORCH_DTYPES[dtype], device=device, load_tokenizer=False)
     engine.warmup()
+    ref_clock = None
+    if clock == "cpu-ref":
+        from executor.clocks import ReferenceSpeedClock
+
+        ref_clock = ReferenceSpeedClock()
     prof = profile_engine(engine, repeats=repeats, passes=1 if quick else 2, bursts=not quick, progress=progress,
-                          clock=CLOCKS[clock],
+                          clock=ref_clock.now if ref_clock else CLOCKS[clock],
                           **grid)
+    speed = rebase_to_median_speed(prof.samples, ref_clock) if ref_clock else None
     env = environment(with_torch=True)
     hardware = {"name": "measured", "fingerprint": machine_fingerprint(), "cpu": env["cpu"],
                 "cpu_count": env["cpu_count"], "torch_threads": env.get("torch_threads"), "gpu": env.get("gpu"),
                 "loadavg_at_end": env.get("loadavg"),
                 "step_noise_cv_median": statistics.median(prof.cvs) if prof.cvs else None,
                 "attention_backend": attention_backend, "clock": clock}
+    if speed:
+        hardware["speed_reference_s"] = speed["reference_s"]
+        hardware["speed_during_calibration"] = speed
     profile = fit_profile(prof.samples, model=model, hardware=hardware, dtype=dtype, weight_bits=16)
     path = profile.save(out)
     return CalibrationResult(path, profile.fit_report, len(prof.samples), time.perf_counter() - t0,
                              hardware["step_noise_cv_median"] or 0.0)
+
+
+def rebase_to_median_speed(samples: list[dict], ref_clock) -> dict:
+    """Put the samples timed on a `cpu-ref` clock on the scale of the host's *median* speed
+    over the whole calibration (the clock's own reference was a fraction of a second at its
+    start): times scale by the median probe ratio, and so does the reference that replays
+    compared with this profile will use. Returns the speed record kept in the profile."""
+    stats = ref_clock.speed_stats()
+    factor = stats["ratio_p50"]
+    for sample in samples:
+        sample["measured_s"] *= factor
+    return {**stats, "reference_s": ref_clock.reference_s * factor, "self_referenced": False,
+            "ratio_p10": stats["ratio_p10"] / factor, "ratio_p50": 1.0, "ratio_p90": stats["ratio_p90"] / factor}
+
+
+def profile_speed_reference(profile_path: str | Path | None) -> float | None:
+    """The probe time a `cpu-ref` calibration recorded (None for other clocks or no profile)."""
+    if not profile_path:
+        return None
+    import json
+
+    try:
+        hardware = json.loads(Path(profile_path).read_text()).get("hardware") or {}
+    except (OSError, ValueError):
+        return None
+    ref = hardware.get("speed_reference_s") if isinstance(hardware, dict) else None
+    return float(ref) if ref else None
 
 
 def _set_threads(threads: int | None) -> None:

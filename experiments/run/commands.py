@@ -125,9 +125,10 @@ def run(spec_path, out, workers, ray, engines, cost_model, report, arrival_mode)
 @click.option("--threads", type=int, default=None, help="torch threads (use the same as the executor runs).")
 @click.option("--max-model-len", type=int, default=512, show_default=True,
               help="The longest context the workloads reach: the grid's contexts span it.")
-@click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
-              help="Time steps in wall time or the engine thread's CPU time (needs --threads 1; what replays on "
-                   "`executor: {clock: cpu}` and `folovllm fidelity` measure).")
+@click.option("--clock", type=click.Choice(["wall", "cpu", "cpu-ref"]), default="wall", show_default=True,
+              help="Time steps in wall time, the engine thread's CPU time, or that CPU time at the host's reference "
+                   "speed (cpu and cpu-ref need --threads 1; what replays on `executor: {clock: ...}` and "
+                   "`folovllm fidelity` measure).")
 def calibrate(model, out, dtype, repeats, quick, threads, max_model_len, clock):
     """Profile the executor's step time on this machine and fit the simulator's cost model."""
     from experiments.run.calibrate import cached_profile_path, calibrate as do_calibrate, describe_result

@@ -127,6 +127,22 @@ def build_cost_model(desc: dict):
     return build(desc["path"])
 
 
+def speed_reference(spec: ExperimentSpec, profile_path: str | None) -> float | None:
+    """For `executor: {clock: cpu-ref}`: the probe time of the calibration whose profile the
+    simulator prices with, so both engines read time on one scale (None: the clock measures
+    its own reference when it starts, or another clock)."""
+    if spec.executor.get("clock") != "cpu-ref":
+        return None
+    from experiments.run.calibrate import profile_speed_reference
+
+    kind = spec.cost_model
+    if kind == "calibrated":
+        return profile_speed_reference(profile_path)
+    if kind.endswith(".json"):
+        return profile_speed_reference(kind)
+    return None
+
+
 def _check_executor(spec: ExperimentSpec) -> None:
     if "executor" not in spec.engines:
         return
@@ -168,8 +184,12 @@ def plan_jobs(spec: ExperimentSpec, *, profile_path: str | None = None) -> list[
     # The engines' own code is an input too: an executor run measured before a kernel change, or a
     # simulation priced by older code, must not be reused. Executor runs are also tied to the machine.
     code_ids = {"sim": code_fingerprint("policy", "traces", "sim")}
+    executor_id = spec.executor
     if "executor" in spec.engines:
         code_ids["executor"] = f"{code_fingerprint('policy', 'traces', 'executor')}-{machine_fingerprint()}"
+        reference = speed_reference(spec, profile_path)
+        if reference is not None:  # the times a cpu-ref replay reports are on this reference's scale
+            executor_id = {**spec.executor, "speed_reference_s": reference}
     jobs: list[Job] = []
     for i, variant in enumerate(spec.variants):
         knobs = variant.knobs
@@ -204,7 +224,7 @@ def plan_jobs(spec: ExperimentSpec, *, profile_path: str | None = None) -> list[
                         "scheduler": sched, "attention_backend": knobs["attention_backend"],
                         "weight_format": knobs["weight_format"], "slo": spec.slo,
                         "cost_model": {k: v for k, v in cost.items() if k != "path"} if cost else None,
-                        "executor": spec.executor if engine == "executor" else None, "repeat": repeat,
+                        "executor": executor_id if engine == "executor" else None, "repeat": repeat,
                         "code": code_ids[engine],
                     }
                     if knobs["replicas"] > 1:  # (single-replica keys stay what they were)
@@ -271,9 +291,10 @@ class ExecutorPool:
     """One loaded engine per (block size, backend, weights), reused across variants: a new
     variant gets a fresh scheduler on the same KV memory."""
 
-    def __init__(self, spec: ExperimentSpec, max_blocks: int) -> None:
+    def __init__(self, spec: ExperimentSpec, max_blocks: int, speed_reference_s: float | None = None) -> None:
         self.spec = spec
         self.max_blocks = max_blocks
+        self.speed_reference_s = speed_reference_s
         self._engines: dict[tuple, object] = {}
 
     def engine_for(self, job: Job):
@@ -313,10 +334,13 @@ class ExecutorPool:
             engine.reset_scheduler(**scheduler_kwargs(job))
         from executor.engine import make_clock
 
-        replay = engine.replay(workload.requests, clock=make_clock(self.spec.executor.get("clock", "wall")))
+        clock = make_clock(self.spec.executor.get("clock", "wall"), reference_s=self.speed_reference_s)
+        replay = engine.replay(workload.requests, clock=clock)
         stats = replay.scheduler_stats
         info = {**_run_info(self.spec, job), "workload": workload.stats, "wall_s": replay.wall_s,
                 "clock": self.spec.executor.get("clock", "wall"), "load_before": _loadavg()}
+        if hasattr(clock, "speed_stats"):
+            info["speed"] = clock.speed_stats()
         return results.write_run(out_dir / "runs" / job.dirname, replay.recorder, slo=self.spec.slo,
                                  scheduler_stats=stats, run_info=results._jsonable(info))
 
@@ -390,7 +414,7 @@ def run_spec(
         _run_sims(spec, sim_jobs, out, workers, ray_address, progress, done)
     if exec_jobs:
         max_blocks = max(j.num_blocks for j in jobs if j.engine == "executor")
-        pool = ExecutorPool(spec, max_blocks)
+        pool = ExecutorPool(spec, max_blocks, speed_reference(spec, profile_path))
         bar = _bar(len(exec_jobs), "executor", progress)
         for job in exec_jobs:
             if bar is not None:

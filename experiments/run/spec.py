@@ -125,7 +125,7 @@ TRACE_KEYS = {"path": str, "format": str, "preset": str, "params": dict, "transf
 ARRIVAL_MODES = ("batch", "spread")  # quantised-timestamp traces (Mooncake); spread is seeded by the spec's seed
 SLO_KEYS = {"ttft_s": (int, float), "tpot_s": (int, float), "e2el_s": (int, float)}
 EXECUTOR_KEYS = {"warmup": bool, "device": str, "threads": int, "clock": str}
-EXECUTOR_CLOCKS = ("wall", "cpu")  # executor.engine.CLOCKS (no torch here)
+EXECUTOR_CLOCKS = ("wall", "cpu", "cpu-ref")  # executor.clocks.CLOCKS (no torch here)
 
 
 class SpecError(ValueError):
@@ -305,8 +305,9 @@ def _parse(data, source: str, base_dir: Path | None) -> ExperimentSpec:
     _check_keys("executor", executor, EXECUTOR_KEYS)
     if executor.get("clock", "wall") not in EXECUTOR_CLOCKS:
         raise SpecError(f"executor.clock: {executor['clock']!r} is not one of {list(EXECUTOR_CLOCKS)}")
-    if executor.get("clock") == "cpu" and executor.get("threads") != 1:
-        raise SpecError("executor.clock: cpu needs executor.threads: 1 (the engine thread's CPU time is the clock)")
+    if executor.get("clock") in ("cpu", "cpu-ref") and executor.get("threads") != 1:
+        raise SpecError(f"executor.clock: {executor['clock']} needs executor.threads: 1 (the engine thread's CPU time "
+                        "is the clock)")
     kv_cache_mib = data.get("kv_cache_mib")
     if kv_cache_mib is not None and kv_cache_mib <= 0:
         raise SpecError(f"kv_cache_mib: must be > 0, got {kv_cache_mib}")

@@ -157,8 +157,10 @@ def test_fidelity_protocol_on_a_tiny_model(cache, tmp_path):
     from experiments.run.fidelity import ProtocolConfig, run_protocol
 
     model = "random:tiny-qwen2"
-    calibrate(model, cached_profile_path(model, "fp32", 1, max_model_len=64, clock="cpu"), quick=True, repeats=1,
-              progress=False, threads=1, clock="cpu")
+    profile = cached_profile_path(model, "fp32", 1, max_model_len=64, clock="cpu-ref")
+    calibrate(model, profile, quick=True, repeats=1, progress=False, threads=1, clock="cpu-ref")
+    reference = json.loads(profile.read_text())["hardware"]["speed_reference_s"]
+    assert reference > 0
     cfg = ProtocolConfig(num_requests=6, loads=(0.5,), chunks=(64,), prefix_caching=(True,), repeats=1,
                          max_prompt_len=48, max_output_len=6, max_model_len=64, model=model,
                          workloads=("synthetic",))
@@ -170,10 +172,13 @@ def test_fidelity_protocol_on_a_tiny_model(cache, tmp_path):
     assert "synthetic" in md
     assert "The cost model on the executor's own steps" in md
     saved = json.loads((tmp_path / "fid" / "fidelity.json").read_text())
-    assert saved["config"]["loads"] == [0.5] and saved["config"]["clock"] == "cpu"
+    assert saved["config"]["loads"] == [0.5] and saved["config"]["clock"] == "cpu-ref"
     assert saved["step_accounting"]["synthetic"]["overall"]["steps"] > 0
-    runs = list((tmp_path / "fid" / "synthetic" / "runs").glob("executor-*/run.json"))
-    assert runs and all(json.loads(r.read_text())["clock"] == "cpu" for r in runs)
+    runs = [json.loads(r.read_text()) for r in (tmp_path / "fid" / "synthetic" / "runs").glob("executor-*/run.json")]
+    assert runs and all(r["clock"] == "cpu-ref" for r in runs)
+    # Replays read time on the calibration's scale: the profile's probe reference, not their own.
+    assert all(r["speed"]["reference_s"] == reference and not r["speed"]["self_referenced"] for r in runs)
+    assert all(r["speed"]["probes"] > 0 for r in runs)
 
 
 def test_fidelity_cli_rejects_unknown_workloads():
@@ -264,9 +269,10 @@ def test_bench_step_spread_on_a_tiny_model(tiny_dir, tmp_path, capsys):
     steps = tmp_path / "steps.parquet"
     assert main(["--model", str(tiny_dir), "--requests", "3", "--prefix", "16", "--suffix", "8", "--output", "4",
                  "--max-num-seqs", "3", "--budget", "32", "--passes", "2", "--steps-out", str(steps),
-                 "--steps-clock", "cpu"]) == 0
+                 "--steps-clock", "cpu-ref"]) == 0
     printed = capsys.readouterr().out
     assert "identical plans, pass 1 vs pass 2" in printed and "all steps: median pass spread" in printed
+    assert "CPU time at reference speed (cpu-ref clock)" in printed
     import pandas as pd
 
     table = pd.read_parquet(steps)

@@ -147,7 +147,7 @@ def test_executor_runs_go_round_by_round(tmp_path, monkeypatch):
     order = []
 
     class FakePool:  # records the order; the runs themselves are not what this test is about
-        def __init__(self, spec, max_blocks):
+        def __init__(self, spec, max_blocks, speed_reference_s=None):
             pass
 
         def run(self, job, out):
@@ -160,3 +160,37 @@ def test_executor_runs_go_round_by_round(tmp_path, monkeypatch):
     assert [(j.variant.name, j.repeat) for j in jobs][:2] == [("a", 0), ("a", 1)]  # planned variant by variant
     run_spec(spec, tmp_path / "out", workers=1, progress=False)
     assert order == [("a", 0), ("b", 0), ("c", 0), ("a", 1), ("b", 1), ("c", 1)]
+
+
+def test_cpu_ref_executor_runs_are_keyed_by_the_profiles_speed_reference(tmp_path, monkeypatch):
+    """A cpu-ref replay reads time on its calibration's scale, so a recalibration (a new probe
+    reference) must rerun it, and the pool must get that reference to build the clock with."""
+    from experiments.run import runner
+
+    got = []
+
+    class FakePool:
+        def __init__(self, spec, max_blocks, speed_reference_s=None):
+            got.append(speed_reference_s)
+
+        def run(self, job, out):
+            pass
+
+    monkeypatch.setattr(runner, "ExecutorPool", FakePool)
+
+    def profile(reference: float) -> Path:
+        path = tmp_path / f"profile-{reference}.json"
+        path.write_text(json.dumps({"format": "folovllm-step-profile", "version": 2, "model": "smollm2-135m",
+                                    "hardware": {"name": "measured", "speed_reference_s": reference},
+                                    "coefficients": {"const": 0.01}}))
+        return path
+
+    spec = load_spec(sim_spec(tmp_path, engines=["executor"], model="smollm2-135m", cost_model="calibrated",
+                              grid={}, variants=[{"name": "a"}], executor={"threads": 1, "clock": "cpu-ref"}))
+    keys = {ref: plan_jobs(spec, profile_path=str(profile(ref)))[0].key for ref in (0.004, 0.005)}
+    assert keys[0.004] != keys[0.005]
+    run_spec(spec, tmp_path / "out", workers=1, progress=False, profile_path=str(profile(0.004)))
+    assert got == [0.004]
+    wall = load_spec(sim_spec(tmp_path, engines=["executor"], model="smollm2-135m", cost_model="calibrated",
+                              grid={}, variants=[{"name": "a"}], executor={"threads": 1, "clock": "cpu"}))
+    assert plan_jobs(wall, profile_path=str(profile(0.004)))[0].key == plan_jobs(wall, profile_path=str(profile(0.005)))[0].key

@@ -64,8 +64,9 @@ def test_valid_spec_expands_variants_with_defaults(tmp_path):
         ({"variants": [{"kv_layout": "contiguous"}]}, "enable_prefix_caching"),
         ({"variants": [{"enable_chunked_prefill": False, "max_num_batched_tokens": 64}]}, "max_num_batched_tokens"),
         ({"variants": [{"name": "x"}, {"name": "x"}]}, "names must be unique"),
-        ({"executor": {"clock": "tsc"}}, "executor.clock: 'tsc' is not one of ['wall', 'cpu']"),
+        ({"executor": {"clock": "tsc"}}, "executor.clock: 'tsc' is not one of ['wall', 'cpu', 'cpu-ref']"),
         ({"executor": {"clock": "cpu", "threads": 2}}, "executor.clock: cpu needs executor.threads: 1"),
+        ({"executor": {"clock": "cpu-ref"}}, "executor.clock: cpu-ref needs executor.threads: 1"),
         ({"grid": {"router": ["round-robin", "random"]}}, "grid.router: 'random' is not allowed; allowed: "
                                                            "['round-robin', 'least-tokens', 'prefix-aware']"),
         ({"base": {"replicas": 0}}, "base.replicas: must be >= 1 (the number of simulated replicas), got 0"),
