@@ -20,6 +20,7 @@ saying so. Nothing here is tuned to a workload: the same protocol runs on any tr
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import statistics
@@ -292,6 +293,26 @@ def machine_load_warning(out_dirs: list[Path], calibration_load: float | None, c
     return None
 
 
+def host_speed(out_dirs: dict[str, Path]) -> dict:
+    """Per workload, how fast the host ran during the executor's replays relative to the
+    calibration (cpu-ref clock: probe time / the profile's reference; above 1 = slower). The
+    clock divides this out; the figures show how much it had to."""
+    out = {}
+    for name, folder in out_dirs.items():
+        medians, lows, highs = [], [], []
+        for path in sorted(Path(folder).glob("runs/executor-*/run.json")):
+            speed = json.loads(path.read_text()).get("speed")
+            if speed:
+                medians.append(speed["ratio_p50"])
+                lows.append(speed["ratio_p10"])
+                highs.append(speed["ratio_p90"])
+        if medians:
+            out[name] = {"replays": len(medians), "median_ratio": statistics.median(medians),
+                         "min_replay_median": min(medians), "max_replay_median": max(medians),
+                         "p10": min(lows), "p90": max(highs)}
+    return out
+
+
 def step_accounting(out_dirs: dict[str, Path], profile: str) -> dict:
     """Per workload, the cost model priced on the executor's own steps (every repeat, every
     variant, every load pooled), per plan-shape class: what part of each error is the cost
@@ -324,8 +345,18 @@ def _accounting_lines(acc: dict) -> list[str]:
     return lines + [""]
 
 
+def _speed_lines(speed: dict) -> list[str]:
+    lines = ["## Host speed during the replays (probe time / calibration's reference; above 1 = slower)", "",
+             "The cpu-ref clock divides this out of every executor time.", "",
+             "| workload | replays | median | replay medians, min-max | probes p10 / p90 |", "|---|---|---|---|---|"]
+    for wl, s in speed.items():
+        lines.append(f"| {wl} | {s['replays']} | {s['median_ratio']:.3f} | {s['min_replay_median']:.3f}-"
+                     f"{s['max_replay_median']:.3f} | {s['p10']:.3f} / {s['p90']:.3f} |")
+    return lines + [""]
+
+
 def format_markdown(rows: list[dict], head: dict, ranks: list[dict], req_err: pd.DataFrame, notes: list[str],
-                    accounting: dict | None = None) -> str:
+                    accounting: dict | None = None, speed: dict | None = None) -> str:
     lines = ["# Fidelity protocol", ""]
     for n in notes:
         lines.append(f"> **Note:** {n}")
@@ -373,6 +404,8 @@ def format_markdown(rows: list[dict], head: dict, ranks: list[dict], req_err: pd
         lines.append("")
     if accounting:
         lines += _accounting_lines(accounting)
+    if speed:
+        lines += _speed_lines(speed)
     return "\n".join(lines)
 
 
@@ -470,10 +503,12 @@ def run_protocol(cfg: ProtocolConfig, out_dir: str | Path, *, echo=print) -> dic
     if not req_err.empty:
         write_table(req_err, out / "request_errors.parquet")
     accounting = step_accounting(dirs, profile)
-    md = format_markdown(rows, head, ranks, req_err, notes, accounting)
+    speed = host_speed(dirs)
+    md = format_markdown(rows, head, ranks, req_err, notes, accounting, speed)
     atomic_write_text(out / "fidelity.md", md + "\n")
     png = plot(rows, out / "fidelity.png")
     summary = {"headline": head, "rankings": ranks, "capacity": caps, "notes": notes, "step_accounting": accounting,
+               "host_speed": speed,
                "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items() if k != "paths"},
                "figure": str(png) if png else None}
     atomic_write_json(out / "fidelity.json", summary, allow_nan=True, default=str)

@@ -179,6 +179,8 @@ def test_fidelity_protocol_on_a_tiny_model(cache, tmp_path):
     # Replays read time on the calibration's scale: the profile's probe reference, not their own.
     assert all(r["speed"]["reference_s"] == reference and not r["speed"]["self_referenced"] for r in runs)
     assert all(r["speed"]["probes"] > 0 for r in runs)
+    assert saved["host_speed"]["synthetic"]["replays"] == len(runs)
+    assert "Host speed during the replays" in md
 
 
 def test_fidelity_cli_rejects_unknown_workloads():
